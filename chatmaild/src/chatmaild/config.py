@@ -1,0 +1,388 @@
+"""chatmail.ini, parsed once into a typed :class:`Config`.
+
+Every service gets the Config object from its command line and passes it down; nothing
+else reads the ini file.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SECTION = "params"
+
+# Labels of letters, digits, '-' and '_' (lab relays use '_relay1.lab'), at least two labels.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+{_LABEL}$")
+_SIZE_RE = re.compile(r"^(\d+)\s*([kmg]?)b?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+# Localparts allowed at account creation (newest reference rule).
+LOCALPART_RE = re.compile(r"^[a-z0-9._-]+$")
+
+
+class ConfigError(ValueError):
+    """A chatmail.ini that cannot be used; the message names key and value."""
+
+
+def parse_size(text: str) -> int:
+    """Parse ``500M``, ``1G``, ``200MB``, ``31457280`` into bytes."""
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 500M, 1G or a number of bytes)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def is_valid_domain(domain: str) -> bool:
+    return len(domain) <= 253 and bool(_DOMAIN_RE.match(domain))
+
+
+def _domain(text: str) -> str:
+    domain = text.strip().lower().rstrip(".")
+    if not is_valid_domain(domain):
+        raise ValueError(f"not a valid domain name: {text!r}")
+    return domain
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError(f"not a TCP port: {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off", ""):
+        return False
+    raise ValueError(f"not a boolean (true/false): {text!r}")
+
+
+def _size(text: str) -> int:
+    return parse_size(text)
+
+
+def _str(text: str) -> str:
+    return text.strip()
+
+
+def _abs_path(text: str) -> Path:
+    path = Path(text.strip())
+    if not path.is_absolute():
+        raise ValueError(f"not an absolute path: {text!r}")
+    return path
+
+
+def _url(text: str) -> str:
+    value = text.strip()
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError(f"not an http(s) URL: {text!r}")
+    return value
+
+
+def _cert_and_key(text: str) -> tuple[Path, Path] | None:
+    parts = text.split()
+    if not parts:
+        return None
+    if len(parts) != 2:
+        raise ValueError(f"expected two absolute paths 'CERT KEY', got {text!r}")
+    cert, key = (_abs_path(p) for p in parts)
+    return cert, key
+
+
+# key -> (parser, default as ini text); a None default means "absent unless set".
+_KEYS: dict[str, tuple] = {
+    "mail_domain": (_domain, None),
+    "max_user_send_per_minute": (_positive_int, "60"),
+    "max_user_send_burst_size": (_positive_int, "10"),
+    "max_mailbox_size": (_size, "500M"),
+    "max_message_size": (_size, "31457280"),
+    "delete_mails_after": (_positive_int, "20"),
+    "delete_large_after": (_positive_int, "7"),
+    "delete_inactive_users_after": (_positive_int, "90"),
+    "username_min_length": (_positive_int, "9"),
+    "username_max_length": (_positive_int, "9"),
+    "password_min_length": (_positive_int, "9"),
+    "max_load_1m": (_float, "5"),
+    "min_available_memory": (_size, "200M"),
+    "min_free_disk_space": (_size, "1G"),
+    "max_imap_connections": (_positive_int, "10000"),
+    "max_smtp_connections": (_positive_int, "1000"),
+    "tls_external_cert_and_key": (_cert_and_key, ""),
+    "www_folder": (_str, ""),
+    "acme_email": (_str, ""),
+    "disable_ipv6": (_bool, "false"),
+    "imap_rawlog": (_bool, "false"),
+    "imap_compress": (_bool, "false"),
+    "iroh_relay": (_str, None),
+    "mtail_address": (_str, None),
+    "filtermail_smtp_port": (_port, "10080"),
+    "filtermail_smtp_port_incoming": (_port, "10081"),
+    "postfix_reinject_port": (_port, "10025"),
+    "postfix_reinject_port_incoming": (_port, "10026"),
+    "notification_url": (_url, "https://notifications.delta.chat/notify"),
+    "privacy_postal": (_str, ""),
+    "privacy_mail": (_str, ""),
+    "privacy_pdo": (_str, ""),
+    "privacy_supervisor": (_str, ""),
+    "mailboxes_dir": (_abs_path, None),
+    "nocreate_file": (_abs_path, "/etc/chatmail-nocreate"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of one relay. Sizes are bytes, durations are days."""
+
+    mail_domain: str
+    max_user_send_per_minute: int
+    max_user_send_burst_size: int
+    max_mailbox_size: int
+    max_message_size: int
+    delete_mails_after: int
+    delete_large_after: int
+    delete_inactive_users_after: int
+    username_min_length: int
+    username_max_length: int
+    password_min_length: int
+    max_load_1m: float
+    min_available_memory: int
+    min_free_disk_space: int
+    max_imap_connections: int
+    max_smtp_connections: int
+    tls_external_cert_and_key: tuple[Path, Path] | None
+    www_folder: str
+    acme_email: str
+    disable_ipv6: bool
+    imap_rawlog: bool
+    imap_compress: bool
+    iroh_relay: str | None
+    mtail_address: str | None
+    filtermail_smtp_port: int
+    filtermail_smtp_port_incoming: int
+    postfix_reinject_port: int
+    postfix_reinject_port_incoming: int
+    notification_url: str
+    privacy_postal: str
+    privacy_mail: str
+    privacy_pdo: str
+    privacy_supervisor: str
+    mailboxes_dir: Path
+    nocreate_file: Path
+    config_path: Path | None = None
+    unknown_keys: tuple[str, ...] = field(default=())
+
+    @property
+    def max_mailbox_size_mb(self) -> int:
+        return self.max_mailbox_size // 1024**2
+
+    @property
+    def tls_cert_mode(self) -> str:
+        """``external``, ``self`` (underscore lab domains) or ``acme``."""
+        if self.tls_external_cert_and_key:
+            return "external"
+        if self.mail_domain.startswith("_"):
+            return "self"
+        return "acme"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        mode = self.tls_cert_mode
+        if mode == "external":
+            return self.tls_external_cert_and_key[0]
+        if mode == "self":
+            return Path("/etc/ssl/certs/mailserver.pem")
+        return Path(f"/var/lib/acme/live/{self.mail_domain}/fullchain")
+
+    @property
+    def tls_key_path(self) -> Path:
+        mode = self.tls_cert_mode
+        if mode == "external":
+            return self.tls_external_cert_and_key[1]
+        if mode == "self":
+            return Path("/etc/ssl/private/mailserver.key")
+        return Path(f"/var/lib/acme/live/{self.mail_domain}/privkey")
+
+    @property
+    def has_privacy_contacts(self) -> bool:
+        return bool(self.privacy_mail or self.privacy_postal)
+
+    def get_user(self, addr: str) -> User:
+        """The account ``addr`` of this relay; ValueError for anything that is not one."""
+        return User(self, _check_addr(addr, self.mail_domain))
+
+    def is_localpart_allowed(self, localpart: str) -> bool:
+        """Whether a new account may use this local part (length and charset)."""
+        return (
+            self.username_min_length <= len(localpart) <= self.username_max_length
+            and LOCALPART_RE.match(localpart) is not None
+        )
+
+
+def _check_addr(addr, domain: str) -> str:
+    # This is the single guard between a login name and the filesystem.
+    if not isinstance(addr, str) or not addr:
+        raise ValueError(f"not an address: {addr!r}")
+    localpart, sep, addr_domain = addr.rpartition("@")
+    if not sep or addr_domain != domain:
+        raise ValueError(f"not an address of {domain}: {addr!r}")
+    if (
+        not localpart
+        or "@" in localpart
+        or "/" in localpart
+        or "\\" in localpart
+        or "\x00" in localpart
+        or localpart.startswith(".")
+        or localpart.endswith(".")
+        or ".." in localpart
+        or any(c.isspace() or not c.isprintable() for c in localpart)
+    ):
+        raise ValueError(f"invalid local part in {addr!r}")
+    return addr
+
+
+@dataclass(frozen=True)
+class User:
+    """Paths of one account; all state lives in its maildir."""
+
+    config: Config
+    addr: str
+
+    @property
+    def localpart(self) -> str:
+        return self.addr.rsplit("@", 1)[0]
+
+    @property
+    def maildir(self) -> Path:
+        return self.config.mailboxes_dir / self.addr
+
+    @property
+    def password_path(self) -> Path:
+        return self.maildir / "password"
+
+    @property
+    def enforce_e2ee_path(self) -> Path:
+        return self.maildir / "enforceE2EEincoming"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.maildir / "metadata.json"
+
+    def get_password_hash(self) -> str | None:
+        """The stored hash, or None if the account does not exist (an empty file included)."""
+        try:
+            data = self.password_path.read_text("ascii").strip()
+        except FileNotFoundError:
+            return None
+        if not data:
+            log.error("empty password file for %s, treating account as missing", self.addr)
+            return None
+        return data
+
+
+def parse_config(text: str, path: Path | None = None, overrides: dict | None = None) -> Config:
+    """Parse ini text; ConfigError names the offending key and value."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    where = str(path) if path else "chatmail.ini"
+    try:
+        parser.read_string(text, source=where)
+    except configparser.Error as e:
+        raise ConfigError(f"{where}: cannot parse: {e}") from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(f"{where}: missing the [{SECTION}] section")
+    raw = dict(parser.items(SECTION))
+    if overrides:
+        raw.update({k: str(v) for k, v in overrides.items()})
+
+    values = {}
+    for key, (conv, default) in _KEYS.items():
+        text_value = raw.get(key, default)
+        if text_value is None:
+            values[key] = None
+            continue
+        try:
+            values[key] = conv(text_value)
+        except ValueError as e:
+            raise ConfigError(f"{where}: invalid value for {key} = {text_value!r}: {e}") from None
+
+    if values["mail_domain"] is None:
+        raise ConfigError(f"{where}: mail_domain is required, e.g. mail_domain = chat.example.org")
+    if values["mailboxes_dir"] is None:
+        values["mailboxes_dir"] = Path("/home/vmail/mail") / values["mail_domain"]
+    if values["username_min_length"] > values["username_max_length"]:
+        raise ConfigError(
+            f"{where}: username_min_length = {values['username_min_length']} is larger "
+            f"than username_max_length = {values['username_max_length']}"
+        )
+
+    unknown = tuple(sorted(set(raw) - set(_KEYS)))
+    for key in unknown:
+        log.warning("%s: unknown key %r is ignored (misspelled or outdated?)", where, key)
+    return Config(**values, config_path=path, unknown_keys=unknown)
+
+
+def read_config(path, overrides: dict | None = None) -> Config:
+    """Read and parse a chatmail.ini file."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist, create it with 'cmdeploy init'") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    return parse_config(text, path=path, overrides=overrides)
+
+
+def known_keys() -> list[str]:
+    return list(_KEYS)
+
+
+def replace(config: Config, **changes) -> Config:
+    """A copy of ``config`` with some fields changed (tests, overrides)."""
+    return dataclasses.replace(config, **changes)
+
+
+def render_initial_config(mail_domain: str, overrides: dict | None = None) -> str:
+    """The commented chatmail.ini that ``cmdeploy init`` writes."""
+    template = (Path(__file__).parent / "ini" / "chatmail.ini.f").read_text("utf-8")
+    text = template.replace("{mail_domain}", mail_domain)
+    if overrides:
+        lines = text.splitlines()
+        pending = dict(overrides)
+        for i, line in enumerate(lines):
+            key = line.split("=", 1)[0].strip().lstrip("#").strip()
+            if "=" in line and key in pending:
+                lines[i] = f"{key} = {pending.pop(key)}"
+        lines.extend(f"{key} = {value}" for key, value in pending.items())
+        text = "\n".join(lines) + "\n"
+    parse_config(text)  # never write a file we could not read back
+    return text

@@ -1,0 +1,1 @@
+"""Deploy and operate chatmail relays."""

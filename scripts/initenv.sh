@@ -1,0 +1,18 @@
+#!/bin/sh
+# Create ./venv (idempotent) with editable installs of chatmaild and cmdeploy.
+set -e
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+    echo "python3-venv is missing: apt-get install python3-venv" >&2
+    exit 1
+fi
+if [ ! -x venv/bin/python ]; then
+    "$PYTHON" -m venv venv
+fi
+stamp=venv/.installed
+if [ ! -f "$stamp" ] || [ chatmaild/pyproject.toml -nt "$stamp" ] || [ cmdeploy/pyproject.toml -nt "$stamp" ]; then
+    venv/bin/pip install -q --upgrade pip
+    venv/bin/pip install -q -e 'chatmaild[test]' -e cmdeploy
+    touch "$stamp"
+fi
