@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Create ./venv (idempotent) with editable installs of chatmaild and cmdeploy.
 set -e
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ if [ ! -x venv/bin/python ]; then
 fi
 stamp=venv/.installed
 if [ ! -f "$stamp" ] || [ chatmaild/pyproject.toml -nt "$stamp" ] || [ cmdeploy/pyproject.toml -nt "$stamp" ]; then
-    venv/bin/pip install -q --upgrade pip
-    venv/bin/pip install -q -e 'chatmaild[test]' -e cmdeploy
+    # The machine's pip config names local indexes that may be absent; hide that noise only.
+    venv/bin/pip install -q -e 'chatmaild[test]' -e cmdeploy 2> >(grep -v 'is ignored: it is neither' >&2)
     touch "$stamp"
 fi

@@ -356,7 +356,9 @@ def read_config(path, overrides: dict | None = None) -> Config:
     try:
         text = path.read_text("utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist, create it with 'cmdeploy init'") from None
+        raise ConfigError(
+            f"config file {path} does not exist, create it with 'cmdeploy init'"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     return parse_config(text, path=path, overrides=overrides)

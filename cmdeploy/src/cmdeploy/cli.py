@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -47,7 +48,9 @@ def load_config(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cmdeploy", description="Set up and operate chatmail relays.")
+    parser = argparse.ArgumentParser(
+        prog="cmdeploy", description="Set up and operate chatmail relays."
+    )
     parser.add_argument(
         "--config",
         type=Path,
@@ -61,7 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain", help="the relay's mail domain, e.g. chat.example.org")
     p.add_argument("--force", action="store_true", help="overwrite an existing chatmail.ini")
     p.set_defaults(func=init_cmd)
+
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
+
+
+# Each module adds its subcommands with register(subparsers); keeping them apart lets
+# every component own its command without touching this file.
+SUBCOMMAND_MODULES = [
+    "cmdeploy.www",
+    "cmdeploy.lab.cli",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
