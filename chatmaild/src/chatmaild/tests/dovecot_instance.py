@@ -1,0 +1,219 @@
+"""A throw-away Debian Dovecot on loopback, wired to our dict services over unix sockets.
+
+Used by the tests and by ``bench/doveauth_bench.py``. Everything lives in one directory;
+``stop()`` ends every process it started, by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from chatmaild.config import Config, read_config, render_initial_config
+
+DOMAIN = "chat.example.org"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(check, what: str, timeout: float = 15.0, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+DOVECOT_CONF = """\
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = imap lmtp
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+auth_failure_delay = 0
+default_internal_user = dovecot
+default_login_user = dovenull
+# The relay uses vmail; tests use nobody (our services run as root and hand
+# new maildirs to the owner of the mailboxes directory).
+mail_uid = nobody
+mail_gid = nogroup
+default_client_limit = 20000
+mail_location = maildir:{mailboxes_dir}/%u
+imap_capability = +XDELTAPUSH XCHATMAIL
+
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  service_count = 0
+  process_min_avail = 2
+  vsz_limit = 1G
+}}
+service imap {{
+  process_limit = 10000
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {lmtp_port}
+  }}
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+passdb {{
+  driver = dict
+  args = {d}/auth.conf
+}}
+userdb {{
+  driver = dict
+  args = {d}/auth.conf
+}}
+protocol imap {{
+  mail_plugins = $mail_plugins last_login
+}}
+plugin {{
+  last_login_dict = proxy:{lastlogin_socket}:lastlogin
+  last_login_precision = s
+}}
+"""
+
+AUTH_CONF = """\
+uri = proxy:{auth_socket}:auth
+iterate_disable = no
+iterate_prefix = userdb/
+default_pass_scheme = plain
+password_key = passdb/%Ew"%Eu
+user_key = userdb/%Eu
+"""
+
+
+class DovecotInstance:
+    """Dovecot + doveauth + lastlogin in ``directory``."""
+
+    def __init__(self, directory: Path, ini_overrides: dict | None = None):
+        self.dir = Path(directory)
+        self.imap_port = free_port()
+        self.lmtp_port = free_port()
+        self.auth_socket = self.dir / "doveauth.socket"
+        self.lastlogin_socket = self.dir / "lastlogin.socket"
+        self.mailboxes_dir = self.dir / "mail"
+        self.nocreate_file = self.dir / "chatmail-nocreate"
+        self.ini_path = self.dir / "chatmail.ini"
+        self.overrides = {
+            "mailboxes_dir": self.mailboxes_dir,
+            "nocreate_file": self.nocreate_file,
+            # The test machine may be busy; resource refusals are tested separately.
+            "max_load_1m": 1000,
+            "min_available_memory": 0,
+            "min_free_disk_space": 0,
+            **(ini_overrides or {}),
+        }
+        self.procs: list[subprocess.Popen] = []
+        self.logs: dict[str, Path] = {}
+
+    @property
+    def config(self) -> Config:
+        return read_config(self.ini_path)
+
+    def start(self) -> DovecotInstance:
+        if not shutil.which("dovecot"):
+            raise RuntimeError(
+                "dovecot is not installed: apt-get install dovecot-imapd dovecot-lmtpd"
+            )
+        # Dovecot's unprivileged processes must reach the sockets and the config.
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        self.mailboxes_dir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.mailboxes_dir, "nobody", "nogroup")
+        self.ini_path.write_text(render_initial_config(DOMAIN, self.overrides))
+        try:
+            self._start_service("doveauth", self.auth_socket)
+            self._start_service("lastlogin", self.lastlogin_socket)
+            fmt = dict(
+                d=self.dir,
+                mailboxes_dir=self.mailboxes_dir,
+                imap_port=self.imap_port,
+                lmtp_port=self.lmtp_port,
+                auth_socket=self.auth_socket,
+                lastlogin_socket=self.lastlogin_socket,
+            )
+            (self.dir / "auth.conf").write_text(AUTH_CONF.format(**fmt))
+            conf = self.dir / "dovecot.conf"
+            conf.write_text(DOVECOT_CONF.format(**fmt))
+            proc = self._spawn("dovecot", ["dovecot", "-F", "-c", str(conf)])
+            _wait_for(lambda: _port_open(self.imap_port), "dovecot IMAP port", proc=proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        logfile = self.dir / f"{name}.stderr"
+        self.logs[name] = logfile
+        with open(logfile, "ab") as err:
+            proc = subprocess.Popen(argv, stdout=err, stderr=err, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def _start_service(self, name: str, sock: Path) -> None:
+        env_argv = [sys.executable, "-m", f"chatmaild.{name}", str(sock), str(self.ini_path)]
+        proc = self._spawn(name, env_argv)
+        _wait_for(sock.exists, f"{name} socket", proc=proc)
+        sock.chmod(0o666)
+
+    def log_text(self, name: str) -> str:
+        path = self.logs.get(name) or self.dir / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def dovecot_log(self) -> str:
+        return self.log_text("dovecot.log")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> DovecotInstance:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
