@@ -159,9 +159,13 @@ def make_qr_png(uri: str, size: int = 384) -> bytes:
     return out.getvalue()
 
 
-def _mib(n_bytes: int) -> str:
-    value = n_bytes / 1024**2
-    return f"{value:.0f} MiB" if value == int(value) else f"{value:.1f} MiB"
+def size_text(n_bytes: int) -> str:
+    """Bytes as a short text in binary units, as the config counts them: ``30 MiB``."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n_bytes >= factor:
+            value = n_bytes / factor
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n_bytes} bytes"
 
 
 def _lines(text: str) -> Markup:
@@ -177,8 +181,8 @@ def page_variables(config: Config) -> dict:
         "username_min_length": number_word(config.username_min_length),
         "username_max_length": number_word(config.username_max_length),
         "password_min_length": number_word(config.password_min_length),
-        "max_message_size": _mib(config.max_message_size),
-        "max_mailbox_size": _mib(config.max_mailbox_size),
+        "max_message_size": size_text(config.max_message_size),
+        "max_mailbox_size": size_text(config.max_mailbox_size),
         "large_message_size": f"{LARGE_MESSAGE_BYTES // 1000} kB",
         "invite_uri": invite_uri(config),
         "qr_image": qr_filename(config),
