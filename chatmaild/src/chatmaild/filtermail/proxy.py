@@ -1,0 +1,331 @@
+"""SMTP in and out: ``filtermail <ini> outgoing|incoming``.
+
+Postfix hands every message to this before-queue proxy (``smtpd_proxy_filter``); the
+verdict of :mod:`gate` decides whether it is re-injected unchanged, with the same
+envelope, into Postfix's reinject listener. The client sees 250 only after Postfix took
+the message, so a failed reinject is never an accepted-and-lost message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from ..config import Config, ConfigError, read_config
+from . import gate, mime
+from .ratelimit import RateLimiter
+
+log = logging.getLogger("filtermail")
+
+HOST = "127.0.0.1"
+# Lines read from the client while collecting DATA; longer ones arrive in pieces.
+READ_LIMIT = 1 << 16
+# Large messages are checked in a worker thread so other connections keep moving.
+THREAD_THRESHOLD = 1 << 18
+REINJECT_TIMEOUT = 120.0
+_WRITE_CHUNK = 1 << 16
+
+
+class GateSMTP(SMTP):
+    """aiosmtpd's SMTP with a DATA reader that keeps one buffer per message.
+
+    aiosmtpd 1.4.6 keeps every DATA line as its own object and then joins them, which
+    costs about three times the message size; here lines go straight into one bytearray.
+    RCPT TO parameters (NOTIFY, ORCPT, RFC 3461) are accepted and ignored, since Postfix
+    passes them through and the reinject hop does not need them.
+    """
+
+    line_length_limit = READ_LIMIT
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg:
+            stripped = self._strip_command_keyword("TO:", arg)
+            if stripped is not None:
+                address, params = self._getaddr(stripped)
+                if address and params:
+                    arg = f"TO:<{address}>"
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content = await self._read_content()
+        if content is None:
+            self._set_post_data_state()
+            await self.push("552 5.3.4 Message exceeds maximum size")
+            return
+        self.envelope.content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_content(self) -> bytearray | None:
+        """Read up to the lone dot, undoing dot-stuffing (RFC 5321 §4.5.2).
+
+        Only CRLF.CRLF ends the data; None if it exceeded ``data_size_limit`` (the rest
+        is still read and discarded so the session stays in sync).
+        """
+        content = bytearray()
+        limit = self.data_size_limit
+        too_big = False
+        mid_line = False
+        reader = self._reader
+        while True:
+            try:
+                line = await reader.readuntil(b"\r\n")
+                partial = False
+            except asyncio.LimitOverrunError as e:
+                line = await reader.readexactly(e.consumed)
+                partial = True
+            if not mid_line:
+                if line == b".\r\n":
+                    break
+                if line[:1] == b".":
+                    line = line[1:]
+            mid_line = partial
+            if too_big:
+                continue
+            if limit and len(content) + len(line) > limit:
+                too_big = True
+                content = bytearray()
+                continue
+            content += line
+        return None if too_big else content
+
+
+class FilterHandler:
+    """aiosmtpd handler: rate limit at MAIL FROM, gate and reinject at DATA."""
+
+    def __init__(self, config: Config, mode: str) -> None:
+        if mode not in ("outgoing", "incoming"):
+            raise ValueError(f"mode must be outgoing or incoming, not {mode!r}")
+        self.config = config
+        self.mode = mode
+        self.reinject_port = (
+            config.postfix_reinject_port
+            if mode == "outgoing"
+            else config.postfix_reinject_port_incoming
+        )
+        self.limiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options
+    ) -> str:
+        if self.mode == "outgoing":
+            verdict = gate.check_mail_from(address)
+            if not verdict.accept:
+                return verdict.reply
+            if not self.limiter.allow(mime.ascii_lower(address)):
+                log.info("Outgoing: Rate limited %s", address)
+                return f"450 4.7.1: Too much mail from {address}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        try:
+            return await self._filter_and_forward(envelope)
+        except Exception:
+            log.exception("Refusing mail after an internal error")
+            return gate.INTERNAL_ERROR
+
+    async def _filter_and_forward(self, envelope: Envelope) -> str:
+        data = envelope.content
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
+        rcpt_tos = list(envelope.rcpt_tos)
+        if len(data) > THREAD_THRESHOLD:
+            verdict = await asyncio.to_thread(self._check, data, mail_from, rcpt_tos)
+        else:
+            verdict = self._check(data, mail_from, rcpt_tos)
+        if not verdict.accept:
+            return verdict.reply
+        options = [o for o in envelope.mail_options if o.startswith("BODY=") or o == "SMTPUTF8"]
+        return await reinject(HOST, self.reinject_port, mail_from, rcpt_tos, data, options)
+
+    def _check(self, data, mail_from: str, rcpt_tos: list[str]) -> gate.Verdict:
+        if self.mode == "outgoing":
+            return gate.check_outgoing(data, mail_from, rcpt_tos)
+        return gate.check_incoming(
+            data, mail_from, rcpt_tos, lambda rcpt: gate.recipient_enforces_e2ee(self.config, rcpt)
+        )
+
+
+class ReinjectError(Exception):
+    """Downstream refused or failed; ``reply`` is what our client gets instead of 250."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+async def reinject(
+    host: str,
+    port: int,
+    mail_from: str,
+    rcpt_tos: Sequence[str],
+    data: bytes | bytearray,
+    mail_options: Sequence[str] = (),
+    timeout: float = REINJECT_TIMEOUT,
+) -> str:
+    """Hand the message to Postfix unchanged; the reply for our client.
+
+    "250 OK" only if Postfix answered 250 to the end of data. Any refusal returns
+    Postfix's own code and text (a refused recipient aborts the whole transaction
+    before DATA, so nothing is delivered twice when the client retries); a broken
+    connection returns 451.
+    """
+    try:
+        return await asyncio.wait_for(
+            _reinject(host, port, mail_from, rcpt_tos, data, mail_options), timeout
+        )
+    except ReinjectError as e:
+        log.warning("Reinject refused: %s", e.reply)
+        return e.reply
+    except (
+        TimeoutError,
+        OSError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        ValueError,
+    ) as e:
+        log.warning("Reinject failed: %s", e.__class__.__name__)
+        return f"451 4.4.2 Reinject failed ({e.__class__.__name__}), try again later"
+
+
+async def _reinject(host, port, mail_from, rcpt_tos, data, mail_options) -> str:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        await _expect(reader, 220)
+        await _command(writer, reader, b"EHLO localhost", 250)
+        params = "".join(" " + o for o in mail_options)
+        await _command(writer, reader, f"MAIL FROM:<{mail_from}>{params}".encode(), 250)
+        for rcpt in rcpt_tos:
+            await _command(writer, reader, f"RCPT TO:<{rcpt}>".encode(), 250, 251)
+        await _command(writer, reader, b"DATA", 354)
+        await _write_dot_stuffed(writer, data)
+        await _expect(reader, 250)
+        writer.write(b"QUIT\r\n")
+        return "250 OK"
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+async def _command(writer, reader, line: bytes, *ok: int) -> None:
+    writer.write(line + b"\r\n")
+    await writer.drain()
+    await _expect(reader, *ok)
+
+
+async def _expect(reader: asyncio.StreamReader, *ok: int) -> None:
+    first = None
+    for _ in range(100):
+        line = await reader.readuntil(b"\n")
+        if first is None:
+            first = line
+        if line[3:4] != b"-":
+            break
+    else:
+        raise ValueError("endless multi-line reply")
+    text = first.rstrip(b"\r\n").decode("utf-8", "replace")
+    code = text[:3]
+    if not code.isdigit():
+        raise ValueError("reply without a code")
+    if int(code) not in ok:
+        raise ReinjectError(text if len(text) > 3 else f"{code} refused by Postfix")
+
+
+async def _write_dot_stuffed(writer: asyncio.StreamWriter, data: bytes | bytearray) -> None:
+    # RFC 5321 §4.5.2; stuffing after every LF (not only CRLF) means no bare-LF
+    # sequence can end our transmission early at Postfix (SMTP smuggling).
+    pos, n = 0, len(data)
+    while pos < n:
+        stop = min(n, pos + _WRITE_CHUNK)
+        if stop < n:
+            nl = data.find(b"\n", stop)
+            stop = n if nl < 0 else nl + 1
+        chunk = bytes(data[pos:stop])
+        if chunk[:1] == b".":
+            chunk = b"." + chunk
+        writer.write(chunk.replace(b"\n.", b"\n.."))
+        await writer.drain()
+        pos = stop
+    if n and not data.endswith(b"\r\n"):
+        writer.write(b"\r\n")
+    writer.write(b".\r\n")
+    await writer.drain()
+
+
+def make_smtp(handler: FilterHandler) -> GateSMTP:
+    return GateSMTP(
+        handler,
+        data_size_limit=handler.config.max_message_size,
+        enable_SMTPUTF8=True,
+        decode_data=False,
+        hostname="filtermail",
+        ident="filtermail",
+        loop=asyncio.get_running_loop(),
+    )
+
+
+async def start(config: Config, mode: str, port: int | None = None) -> asyncio.Server:
+    """Listen on 127.0.0.1 (the configured port unless given); returns the server."""
+    handler = FilterHandler(config, mode)
+    if port is None:
+        port = (
+            config.filtermail_smtp_port
+            if mode == "outgoing"
+            else config.filtermail_smtp_port_incoming
+        )
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: make_smtp(handler), host=HOST, port=port)
+
+
+async def serve(config: Config, mode: str) -> None:
+    server = await start(config, mode)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("entering serving loop", file=sys.stderr, flush=True)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="filtermail", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="path to chatmail.ini")
+    parser.add_argument("mode", choices=["outgoing", "incoming"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        config = read_config(args.config)
+    except ConfigError as e:
+        print(f"filtermail: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config, args.mode))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
