@@ -1,0 +1,469 @@
+"""The local lab: Debian 12 hosts on a private bridge, with lab DNS, proxy and a client netns.
+
+Everything the lab starts or creates is written to a state file first-hand (PIDs with their
+start times, link and namespace names, mounts), and `down` removes exactly those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import dns, host, net, proxy
+from .base import ensure_base
+from .util import LabError, Progress, is_alive, proc_start_time, run, spawn_daemon, stop_process
+
+NS_NAME = dns.NS_NAME
+
+STATE_DIR = Path(os.environ.get("CMLAB_STATE_DIR", "/var/lib/chatmail-lab"))
+CACHE_DIR = Path(os.environ.get("CMLAB_CACHE_DIR", "/var/cache/chatmail-lab"))
+TOOLS = {
+    "debootstrap": "debootstrap",
+    "systemd-nspawn": "systemd-container",
+    "dnsmasq": "dnsmasq-base",
+    "tinyproxy": "tinyproxy",
+    "ip": "iproute2",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "mount": "mount",
+    "chroot": "coreutils",
+}
+# Dovecot needs one inotify instance per IDLE mailbox, all as user vmail (lab-facts 11, 16).
+INOTIFY_MIN = {
+    "fs/inotify/max_user_instances": 65536,
+    "fs/inotify/max_user_watches": 1048576,
+}
+
+
+class Lab:
+    """The lab on this machine; all methods need root."""
+
+    bridge = "cmlab0"
+    netns = "cmlab-client"
+    client_links = ("cmlab-c0", "cmlab-c1")
+
+    def __init__(
+        self,
+        state_dir: Path = STATE_DIR,
+        cache_dir: Path = CACHE_DIR,
+        prefix: str = "10.77.0",
+    ):
+        self.state_dir = Path(state_dir)
+        self.cache_dir = Path(cache_dir)
+        self.prefix = prefix
+        self.dns_ip = f"{prefix}.1"
+        self.client_ip = f"{prefix}.2"
+        self.subnet = f"{prefix}.0/24"
+        self.proxy_url = proxy.proxy_url(self.dns_ip)
+        self.ssh_key = self.state_dir / "id_ed25519"
+        self.known_hosts = self.state_dir / "known_hosts"
+        self.ssh_config = self.state_dir / "ssh_config"
+        self.state_file = self.state_dir / "state.json"
+        self.zone_dir = self.state_dir / "zones"
+        self.log_dir = self.state_dir / "logs"
+        self.hosts_dir = self.state_dir / "hosts"
+        self.last_up: dict = {}
+
+    # -- state ---------------------------------------------------------------
+
+    def _load(self) -> dict:
+        if self.state_file.exists():
+            return json.loads(self.state_file.read_text())
+        return {"hosts": {}, "procs": {}, "links": [], "netns": [], "mounts": [], "sysctl": {}}
+
+    def _save(self, state: dict) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    # -- public API ----------------------------------------------------------
+
+    def hosts(self) -> list[host.LabHost]:
+        """The hosts recorded as part of the lab, in index order."""
+        state = self._load()
+        return [self._host(h["index"]) for h in sorted(state["hosts"].values(), key=_index)]
+
+    def host(self, name: str) -> host.LabHost:
+        """A lab host by short name (`relay1`), domain (`_relay1.lab`) or machine name."""
+        for h in self.hosts():
+            if name in (h.name, h.domain, h.machine, h.ip):
+                return h
+        raise LabError(f"no lab host {name!r}; `cmdeploy lab status` lists them")
+
+    def up(self, hosts: int = 2) -> dict:
+        """Bring the lab up with at least `hosts` booted hosts; running parts are kept."""
+        if hosts < 1 or hosts > 200:
+            raise LabError(f"--hosts must be between 1 and 200, not {hosts}")
+        check_prerequisites(self.state_dir)
+        t0 = time.monotonic()
+        with self._locked():
+            state = self._load()
+            self._raise_inotify(state)
+            base, built = ensure_base(self.cache_dir)
+            self._ensure_key()
+            if net.ensure_bridge(self.bridge, f"{self.dns_ip}/24"):
+                state["links"].append(self.bridge)
+            self._save(state)
+            wanted = [self._host(i) for i in range(1, hosts + 1)]
+            for h in wanted:
+                zone = self.zone_dir / f"{h.domain}.conf"
+                if not zone.exists():
+                    self._write_zone(h.domain, dns.host_zone(h.domain, h.ip))
+            self._ensure_dnsmasq(state, restart=False)
+            self._ensure_tinyproxy(state)
+            self._ensure_client_ns(state)
+            started = self._start_hosts(state, wanted, base)
+            boot = self._wait_hosts(state, started)
+        self.last_up = {
+            "seconds": time.monotonic() - t0,
+            "base_built": built,
+            "started": [h.name for h in started],
+            "boot": boot,
+        }
+        return self.last_up
+
+    def down(self) -> None:
+        """Stop and remove everything the lab recorded; the cached base and the key stay."""
+        with self._locked():
+            state = self._load()
+            errors = []
+            for name, rec in sorted(state["hosts"].items()):
+                try:
+                    self._stop_host(state, name, rec)
+                except LabError as e:
+                    errors.append(str(e))
+            for key in ("dnsmasq", "tinyproxy"):
+                rec = state["procs"].pop(key, None)
+                if rec:
+                    stop_process(rec)
+            self._save(state)
+            for ns in state["netns"] + [self.netns]:
+                self._kill_netns_processes(ns)
+                net.delete_client_netns(ns)
+            with contextlib.suppress(OSError):
+                net.NETNS_ETC.rmdir()
+            # Our links by record, plus any cmlab-named leftover of an interrupted run.
+            for link in state["links"] + net.links_with_prefix("cmlab", "vb-cmlab"):
+                net.delete_link(link)
+            self._restore_inotify(state)
+            shutil.rmtree(self.zone_dir, ignore_errors=True)
+            shutil.rmtree(self.hosts_dir, ignore_errors=True)
+            for f in (self.known_hosts, self.ssh_config, self.state_file):
+                f.unlink(missing_ok=True)
+            if errors:
+                raise LabError("; ".join(errors))
+
+    def status(self, probe: bool = True) -> dict:
+        """What runs: services, hosts with their PIDs and (if probed) systemd state."""
+        state = self._load()
+        out: dict = {"up": bool(state["hosts"] or state["procs"]), "hosts": [], "services": {}}
+        for key, rec in state["procs"].items():
+            out["services"][key] = {"pid": rec["pid"], "alive": is_alive(rec["pid"], rec["start"])}
+        for rec in sorted(state["hosts"].values(), key=_index):
+            h = self._host(rec["index"])
+            alive = is_alive(rec["nspawn"]["pid"], rec["nspawn"]["start"])
+            entry = {
+                "name": h.name,
+                "domain": h.domain,
+                "ip": h.ip,
+                "pid": rec["nspawn"]["pid"],
+                "alive": alive,
+            }
+            if probe and alive:
+                proc = self.ssh_run(h.name, "systemctl is-system-running", check=False, timeout=10)
+                entry["systemd"] = proc.stdout.strip() or "unreachable"
+            out["hosts"].append(entry)
+        return out
+
+    def ssh_argv(self, name: str) -> list[str]:
+        """The ssh command line (without a remote command) for root on a lab host."""
+        h = self.host(name) if not isinstance(name, host.LabHost) else name
+        return ["ssh", "-F", str(self.ssh_config), h.name]
+
+    def ssh_run(
+        self, name: str, command: str, check: bool = True, timeout: float = 600, **kw
+    ) -> subprocess.CompletedProcess:
+        """Run a shell command as root on a lab host and capture its output."""
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        proc = subprocess.run([*self.ssh_argv(name), command], timeout=timeout, **kw)
+        if check and proc.returncode != 0:
+            raise LabError(
+                f"on {name}: {command!r} failed (exit {proc.returncode}): "
+                f"{(proc.stderr or '').strip()}"
+            )
+        return proc
+
+    def load_zone(self, domain: str, zone_text: str) -> None:
+        """Serve `zone_text` (BIND lines as `cmdeploy dns --zonefile` writes) for `domain`.
+
+        Replaces every record of that zone; SOA and NS always name the lab DNS.
+        """
+        dns.parse_zone(domain, zone_text)
+        with self._locked():
+            state = self._load()
+            self._write_zone(domain, zone_text)
+            # dnsmasq rereads only hosts files on SIGHUP, so records need a restart.
+            self._ensure_dnsmasq(state, restart=True)
+
+    def client_ns_cmd(self, argv: Sequence[str]) -> list[str]:
+        """`argv` prefixed so it runs in the client namespace (lab DNS as resolver)."""
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def client_ns_run(self, argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
+        """Run a command in the client namespace; keyword arguments go to subprocess.run."""
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        return subprocess.run(self.client_ns_cmd(argv), **kw)
+
+    def client_ns_python(self, code: str, **kw) -> subprocess.CompletedProcess:
+        """Run Python code (this interpreter, same venv) in the client namespace."""
+        return self.client_ns_run([sys.executable, "-c", code], **kw)
+
+    def client_ns_wrapper(self, program: str, path: Path) -> Path:
+        """Write an executable that runs `program` in the client namespace.
+
+        For tools that spawn a binary themselves, e.g. deltachat-rpc-client's
+        `Rpc(rpc_server_path=...)`.
+        """
+        real = shutil.which(program) or program
+        path.write_text(f'#!/bin/sh\nexec ip netns exec {self.netns} "{real}" "$@"\n')
+        path.chmod(0o755)
+        return path
+
+    # -- parts ---------------------------------------------------------------
+
+    def _host(self, index: int) -> host.LabHost:
+        return host.make_host(index, self.prefix)
+
+    def _ensure_key(self) -> None:
+        if not self.ssh_key.exists():
+            run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "cmlab",
+                    "-f",
+                    str(self.ssh_key),
+                ]
+            )
+
+    def _raise_inotify(self, state: dict) -> None:
+        for key, minimum in INOTIFY_MIN.items():
+            path = Path("/proc/sys", key)
+            current = int(path.read_text())
+            if current < minimum:
+                state["sysctl"].setdefault(key, current)
+                path.write_text(f"{minimum}\n")
+
+    def _restore_inotify(self, state: dict) -> None:
+        for key, old in state["sysctl"].items():
+            with contextlib.suppress(OSError):
+                Path("/proc/sys", key).write_text(f"{old}\n")
+        state["sysctl"] = {}
+
+    def _write_zone(self, domain: str, zone_text: str) -> None:
+        records = dns.parse_zone(domain, zone_text)
+        self.zone_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.zone_dir / f"{domain.rstrip('.').lower()}.conf"
+        conf.write_text("\n".join(dns.dnsmasq_lines(domain, records)) + "\n")
+
+    def _ensure_dnsmasq(self, state: dict, restart: bool) -> None:
+        rec = state["procs"].get("dnsmasq")
+        if rec and is_alive(rec["pid"], rec["start"]) and not restart:
+            return
+        if rec:
+            stop_process(rec)
+            del state["procs"]["dnsmasq"]
+        self.zone_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.state_dir / "dnsmasq.conf"
+        conf.write_text(dns.dnsmasq_conf(self.dns_ip, self.zone_dir))
+        argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-"]
+        state["procs"]["dnsmasq"] = spawn_daemon(argv, self.log_dir / "dnsmasq.log")
+        self._save(state)
+        self._wait_ready("dnsmasq", state, lambda: _dns_answers(self.dns_ip))
+
+    def _ensure_tinyproxy(self, state: dict) -> None:
+        rec = state["procs"].get("tinyproxy")
+        if rec and is_alive(rec["pid"], rec["start"]):
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / "tinyproxy.log"
+        log.touch()
+        shutil.chown(log, "tinyproxy")
+        conf = self.state_dir / "tinyproxy.conf"
+        conf.write_text(proxy.tinyproxy_conf(self.dns_ip, self.subnet, str(log)))
+        argv = ["tinyproxy", "-d", "-c", str(conf)]
+        state["procs"]["tinyproxy"] = spawn_daemon(argv, self.log_dir / "tinyproxy.out")
+        self._save(state)
+        self._wait_ready("tinyproxy", state, lambda: _tcp_open(self.dns_ip, proxy.PORT))
+
+    def _wait_ready(self, key: str, state: dict, probe, timeout: float = 10) -> None:
+        rec = state["procs"][key]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not is_alive(rec["pid"], rec["start"]):
+                break
+            if probe():
+                return
+            time.sleep(0.1)
+        tail = (self.log_dir / f"{key}.log").read_text(errors="replace").splitlines()[-5:]
+        raise LabError(f"{key} did not start on {self.dns_ip}: " + " | ".join(tail))
+
+    def _ensure_client_ns(self, state: dict) -> None:
+        host_if, ns_if = self.client_links
+        if self.netns not in state["netns"]:
+            state["netns"].append(self.netns)
+        if host_if not in state["links"]:
+            state["links"].append(host_if)
+        self._save(state)
+        net.ensure_client_netns(
+            self.netns, self.bridge, host_if, ns_if, f"{self.client_ip}/24", self.dns_ip
+        )
+
+    def _start_hosts(self, state: dict, wanted: list[host.LabHost], base: Path) -> list:
+        started = []
+        for h in wanted:
+            rec = state["hosts"].get(h.name)
+            if rec and is_alive(rec["nspawn"]["pid"], rec["nspawn"]["start"]):
+                continue
+            host_dir = self.hosts_dir / h.name
+            root, mounted = host.mount_root(base, host_dir)
+            rec = {"index": h.index, "root": str(root), "mount": str(root) if mounted else None}
+            state["hosts"][h.name] = {**rec, "nspawn": {"pid": 0, "start": None, "argv": []}}
+            self._save(state)
+            host.configure_root(root, h, self)
+            log = self.log_dir / f"{h.name}.console.log"
+            log.unlink(missing_ok=True)
+            state["hosts"][h.name]["nspawn"] = host.start(h, root, self.bridge, log)
+            self._save(state)
+            started.append(h)
+        self._write_ssh_files(state)
+        return started
+
+    def _wait_hosts(self, state: dict, started: list[host.LabHost]) -> dict:
+        result = {}
+        if not started:
+            return result
+        names = ", ".join(h.name for h in started)
+        with Progress(f"booting {names} (systemd in each host)") as bar:
+            for h in started:
+                rec = state["hosts"][h.name]
+                bar.update(f"waiting for {h.name} ({h.ip})")
+                log = self.log_dir / f"{h.name}.console.log"
+                result[h.name] = host.wait_booted(h, rec["nspawn"], self.ssh_argv(h.name), log)
+                init = host.init_pid(rec["nspawn"]["pid"])
+                if init:
+                    rec["init"] = {"pid": init, "start": proc_start_time(init), "argv": ["init"]}
+                # The bridge port nspawn made for this host, so down can make sure it is gone.
+                known = {link for r in state["hosts"].values() for link in r.get("links", [])}
+                ports = net.bridge_ports(self.bridge)
+                rec["links"] = [p for p in ports if p.startswith("vb-") and p not in known]
+                self._save(state)
+        return result
+
+    def _write_ssh_files(self, state: dict) -> None:
+        known, config = [], []
+        for rec in sorted(state["hosts"].values(), key=_index):
+            h = self._host(rec["index"])
+            names = f"{h.domain},{h.name},{h.machine},{h.ip}"
+            known += [f"{names} {key}" for key in host.host_public_keys(Path(rec["root"]))]
+            config.append(f"Host {h.name} {h.domain} {h.machine}\n    HostName {h.ip}\n")
+        config.append(
+            "Host *\n    User root\n"
+            f"    IdentityFile {self.ssh_key}\n    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {self.known_hosts}\n    StrictHostKeyChecking yes\n"
+            "    ConnectTimeout 5\n    LogLevel ERROR\n"
+        )
+        self.known_hosts.write_text("".join(line + "\n" for line in known))
+        self.ssh_config.write_text("\n".join(config))
+
+    def _stop_host(self, state: dict, name: str, rec: dict) -> None:
+        # SIGTERM makes nspawn send SIGRTMIN+3 to the host's systemd: a clean poweroff.
+        stop_process(rec["nspawn"], timeout=30)
+        if rec.get("init"):
+            stop_process(rec["init"])
+        host.remove_cgroups(self._host(rec["index"]).machine)
+        if rec.get("mount") and host.is_mountpoint(Path(rec["mount"])):
+            if run(["umount", rec["mount"]], check=False).returncode != 0:
+                run(["umount", "--lazy", rec["mount"]])
+        for link in rec.get("links", []):
+            net.delete_link(link)
+        del state["hosts"][name]
+        self._save(state)
+
+    def _kill_netns_processes(self, ns: str) -> None:
+        """Stop what tests left running in the client namespace; it belongs to the lab."""
+        if not net.netns_exists(ns):
+            return
+        pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
+        for pid in map(int, pids):
+            with contextlib.suppress(LabError):
+                stop_process({"pid": pid, "start": None, "argv": [f"pid {pid} in {ns}"]})
+
+
+def _index(rec: dict) -> int:
+    return rec["index"]
+
+
+def _tcp_open(ip: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((ip, port), timeout=0.5):
+        return True
+    return False
+
+
+def _dns_answers(ip: str) -> bool:
+    from dns import resolver as dnsresolver
+
+    resolver = dnsresolver.Resolver(configure=False)
+    resolver.nameservers = [ip]
+    resolver.lifetime = 0.5
+    try:
+        resolver.resolve(NS_NAME, "A")
+    except Exception:
+        return False
+    return True
+
+
+def check_prerequisites(state_dir: Path) -> None:
+    """Raise LabError naming what is missing for the lab on this machine."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (bridges, namespaces, containers): run it with sudo")
+    missing = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
+    if missing:
+        raise LabError(f"missing Debian packages for the lab: apt-get install {' '.join(missing)}")
+    for ns in ("pid", "net", "mnt", "uts", "ipc"):
+        if not Path(f"/proc/self/ns/{ns}").exists():
+            raise LabError(
+                f"this kernel has no {ns} namespaces, which systemd-nspawn needs; "
+                "run the lab on a full Debian 12 VM or machine"
+            )
+    if not any(Path("/sys/fs/cgroup").iterdir()):
+        raise LabError("no cgroup filesystem under /sys/fs/cgroup, which systemd-nspawn needs")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(state_dir).free
+    if free < 2 * 2**30:
+        raise LabError(
+            f"only {free // 2**20} MiB free in {state_dir}; the lab needs at least 2 GiB there"
+        )
