@@ -147,10 +147,12 @@ def make_qr_png(uri: str, size: int = 384) -> bytes:
     qr.add_data(uri)
     qr.make(fit=True)
     code = qr.make_image(fill_color="black", back_color="white").get_image().convert("RGBA")
-    padding = size // 64
-    code = code.resize((size - 2 * padding,) * 2, Image.Resampling.NEAREST)
+    # whole pixels per module: uneven module widths make cameras work harder
+    module = (size - 2 * (size // 64)) // code.size[0]
+    code = code.resize((module * code.size[0],) * 2, Image.Resampling.NEAREST)
     canvas = Image.new("RGBA", (size, size), "white")
-    canvas.paste(code, (padding, padding))
+    offset = (size - code.size[0]) // 2
+    canvas.paste(code, (offset, offset))
     logo_size = size // 6
     offset = (size - logo_size) // 2
     canvas.paste(_logo(logo_size), (offset, offset))
@@ -320,10 +322,11 @@ def _snapshot(paths: list[Path]) -> tuple:
 class DevSite:
     """Rebuilds the page when a source file or the config changes."""
 
-    def __init__(self, config_path: Path, src_dir: Path, build_dir: Path, log=print):
+    def __init__(self, config_path: Path, src_dir: Path, build_dir: Path, log=None):
         self.config_path, self.src_dir, self.build_dir = config_path, src_dir, build_dir
         self.build_id = "none"
-        self.log = log
+        # flushed, so the author sees each build at once even when stdout is a pipe
+        self.log = log or functools.partial(print, flush=True)
         self._state: tuple | None = None
 
     def rebuild_if_changed(self) -> bool:

@@ -46,15 +46,19 @@ class Chromium:
     """One headless browser process with a fresh profile under ``tmp_dir``."""
 
     def __init__(self, tmp_dir: Path):
+        self.tmp_dir = tmp_dir
         self.profile = tmp_dir / "chromium-profile"
         self.profile.mkdir(parents=True)
         self.log_path = tmp_dir / "chromium.log"
         self._log = open(self.log_path, "wb")
+        # The crash handler detaches from the browser; with HOME in tmp_dir its command line
+        # names tmp_dir, which is how close() finds it, and it writes nothing to the real HOME.
+        env = {**os.environ, "HOME": str(tmp_dir), "XDG_CONFIG_HOME": str(tmp_dir / "config")}
         self.proc = subprocess.Popen(
             [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            # its own process group, so its helper processes can be stopped with it
+            env=env,
             start_new_session=True,
         )
         try:
@@ -83,7 +87,22 @@ class Chromium:
             target = json.load(r)
         return Page(target["webSocketDebuggerUrl"])
 
+    def _helper_pids(self) -> list[int]:
+        """Processes of this browser, found by the temp dir in their command line."""
+        marker = str(self.tmp_dir).encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == self.proc.pid:
+                continue
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
     def close(self) -> None:
+        helpers = self._helper_pids()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -91,11 +110,11 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        try:
-            # renderer and zygote helpers live in the group started above
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in helpers + self._helper_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._log.close()
 
 
@@ -172,6 +191,8 @@ class Page:
             deviceScaleFactor=scale,
             mobile=mobile,
         )
+        # screenshots then cover exactly the page width, without a scrollbar beside it
+        self.send("Emulation.setScrollbarsHidden", hidden=True)
         # one frame, so that layout reflects the new width before anyone measures it
         self.evaluate("new Promise(r => requestAnimationFrame(() => r(true)))")
 
