@@ -253,6 +253,9 @@ def parse_single_address(value: bytes) -> str:
     except UnicodeDecodeError:
         raise AddressError("From: header is not valid UTF-8") from None
     tokens = _tokenize_address(text)
+    # RFC 5322 CFWS: comments may surround the address; they never carry it.
+    while tokens and tokens[-1][0] == "comment":
+        tokens.pop()
     angles = [i for i, (kind, _) in enumerate(tokens) if kind == "angle"]
     if len(angles) > 1:
         raise AddressError("more than one angle address")
