@@ -164,6 +164,7 @@ class DictProxyServer:
         self.handler = handler
         self.socket_path = Path(socket_path)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dict")
+        self._connections: set[asyncio.Task] = set()
 
     # Each _reply_* runs in a worker thread and returns the reply text.
 
@@ -265,6 +266,14 @@ class DictProxyServer:
             await conn.reply_now(f"F{txid}\n")
 
     async def _serve_connection(self, reader, writer) -> None:
+        task = asyncio.current_task()
+        self._connections.add(task)
+        try:
+            await self._serve_lines(reader, writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _serve_lines(self, reader, writer) -> None:
         conn = _Connection(self, writer)
         replier = asyncio.ensure_future(conn.write_replies())
         try:
@@ -286,7 +295,7 @@ class DictProxyServer:
         except Exception:
             log.exception("unexpected error on dict connection")
         finally:
-            await conn.replies.put(None)
+            conn.replies.put_nowait(None)
             try:
                 await replier
             finally:
@@ -304,8 +313,14 @@ class DictProxyServer:
         log.info("listening on %s", self.socket_path)
         if ready is not None:
             ready.set()
-        async with server:
-            await server.serve_forever()
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            # Open client connections outlive the listener unless cancelled.
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
 
     def run(self) -> None:
         try:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -101,10 +102,29 @@ userdb {{
 }}
 protocol imap {{
   mail_plugins = $mail_plugins last_login
+  # Default 10: several devices of one user behind one NAT would be refused.
+  mail_max_userip_connections = 100
 }}
 plugin {{
   last_login_dict = proxy:{lastlogin_socket}:lastlogin
   last_login_precision = s
+}}
+"""
+
+# Appended to DOVECOT_CONF; a repeated protocol/plugin section adds to the first one.
+METADATA_CONF = """
+mail_attribute_dict = proxy:{metadata_socket}:metadata
+protocol imap {{
+  imap_metadata = yes
+}}
+"""
+
+PUSH_CONF = """
+protocol lmtp {{
+  mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
+}}
+plugin {{
+  push_notification_driver = lua:file={lua}
 }}
 """
 
@@ -121,12 +141,27 @@ user_key = userdb/%Eu
 class DovecotInstance:
     """Dovecot + doveauth + lastlogin in ``directory``."""
 
-    def __init__(self, directory: Path, ini_overrides: dict | None = None):
-        self.dir = Path(directory)
+    def __init__(
+        self,
+        directory: Path | None = None,
+        ini_overrides: dict | None = None,
+        *,
+        metadata: bool = False,
+        push_lua: Path | None = None,
+    ):
+        """``metadata`` adds chatmail-metadata as the IMAP METADATA dict; ``push_lua`` also
+        loads that push_notification_lua script into LMTP."""
+        # Dovecot's mail user must traverse every parent directory, which pytest's
+        # private tmp dirs (0700) do not allow; by default we use our own under /tmp.
+        self.owns_dir = directory is None
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="chatmail-dovecot-"))
         self.imap_port = free_port()
         self.lmtp_port = free_port()
         self.auth_socket = self.dir / "doveauth.socket"
         self.lastlogin_socket = self.dir / "lastlogin.socket"
+        self.metadata = metadata or push_lua is not None
+        self.push_lua = push_lua
+        self.metadata_socket = self.dir / "metadata.socket"
         self.mailboxes_dir = self.dir / "mail"
         self.nocreate_file = self.dir / "chatmail-nocreate"
         self.ini_path = self.dir / "chatmail.ini"
@@ -161,6 +196,8 @@ class DovecotInstance:
         try:
             self._start_service("doveauth", self.auth_socket)
             self._start_service("lastlogin", self.lastlogin_socket)
+            if self.metadata:
+                self._start_service("metadata", self.metadata_socket)
             fmt = dict(
                 d=self.dir,
                 mailboxes_dir=self.mailboxes_dir,
@@ -171,13 +208,26 @@ class DovecotInstance:
             )
             (self.dir / "auth.conf").write_text(AUTH_CONF.format(**fmt))
             conf = self.dir / "dovecot.conf"
-            conf.write_text(DOVECOT_CONF.format(**fmt))
+            conf.write_text(DOVECOT_CONF.format(**fmt) + self._extra_conf())
             proc = self._spawn("dovecot", ["dovecot", "-F", "-c", str(conf)])
             _wait_for(lambda: _port_open(self.imap_port), "dovecot IMAP port", proc=proc)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _extra_conf(self) -> str:
+        """Settings of the optional metadata and push parts ('' when they are off)."""
+        parts = []
+        if self.metadata:
+            parts.append(METADATA_CONF.format(metadata_socket=self.metadata_socket))
+        if self.push_lua is not None:
+            # Mail processes run as nobody and must be able to read the script.
+            lua = self.dir / "push_notification.lua"
+            shutil.copyfile(self.push_lua, lua)
+            lua.chmod(0o644)
+            parts.append(PUSH_CONF.format(lua=lua))
+        return "".join(parts)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         logfile = self.dir / f"{name}.stderr"
@@ -211,6 +261,8 @@ class DovecotInstance:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
+        if self.owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> DovecotInstance:
         return self.start()

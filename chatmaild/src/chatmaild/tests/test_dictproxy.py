@@ -1,0 +1,286 @@
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chatmaild.dictproxy import (
+    MAX_LINE,
+    DictFailure,
+    DictHandler,
+    DictProxyServer,
+    tabescape,
+    tabunescape,
+)
+
+
+class MemoryDict(DictHandler):
+    """A dict service keeping values in memory; 'slow' keys take a while to look up."""
+
+    def __init__(self):
+        self.data = {"shared/answer": "42", "shared/tab\tkey": "a\tb\nc"}
+        self.sets = []
+
+    def lookup(self, key, user):
+        if key.startswith("shared/slow"):
+            time.sleep(0.3)
+            return "slow"
+        if key == "shared/fail":
+            raise DictFailure("broken")
+        if key == "shared/crash":
+            raise RuntimeError("bug")
+        return self.data.get(key)
+
+    def iterate(self, path, user):
+        return [(k, v) for k, v in sorted(self.data.items()) if k.startswith(path)]
+
+    def set(self, user, key, value):
+        self.sets.append((user, key, value))
+        if key == "shared/readonly":
+            return False
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+        return True
+
+
+class Client:
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(5)
+        self.sock.connect(str(path))
+        self.buf = b""
+
+    def send(self, line: str | bytes):
+        data = line if isinstance(line, bytes) else line.encode()
+        self.sock.sendall(data + b"\n")
+
+    def readline(self) -> str:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def request(self, line) -> str:
+        self.send(line)
+        return self.readline()
+
+    def expect_silence(self, seconds=0.2):
+        self.sock.settimeout(seconds)
+        try:
+            assert self.sock.recv(100) == b"", "unexpected reply"
+        except TimeoutError:
+            pass
+        finally:
+            self.sock.settimeout(5)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    handler = MemoryDict()
+    server = DictProxyServer(handler, tmp_path / "dict.socket", workers=8)
+    loop = asyncio.new_event_loop()
+    ready = asyncio.Event()
+    task = loop.create_task(server.serve(ready))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not ready.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    clients = []
+
+    def connect():
+        c = Client(server.socket_path)
+        clients.append(c)
+        return c
+
+    yield handler, connect
+    for c in clients:
+        c.close()
+
+    async def shutdown():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+    server.executor.shutdown()
+
+
+def test_hello_gets_no_reply_and_lookup_answers(served):
+    _, connect = served
+    c = connect()
+    c.send("H3\t2\t0\t\tauth")
+    c.expect_silence()
+    assert c.request("Lshared/answer\tuser@x") == "O42"
+    assert c.request("Lshared/missing") == "N"
+    assert c.request("Lshared/fail") == "Fbroken"
+    assert c.request("Lshared/crash") == "F"
+
+
+def test_values_and_keys_are_tab_escaped(served):
+    _, connect = served
+    c = connect()
+    assert c.request("Lshared/tab\x01tkey") == "Oa\x01tb\x01nc"
+
+
+def test_iterate_is_terminated_by_an_empty_line(served):
+    _, connect = served
+    c = connect()
+    c.send("I0\t0\tshared/")
+    rows = []
+    while (line := c.readline()) != "":
+        rows.append(line)
+    assert rows == ["Oshared/answer\t42", "Oshared/tab\x01tkey\ta\x01tb\x01nc"]
+    c.send("I0\t1\tshared/")
+    assert c.readline() == "Oshared/answer\t42"
+    assert c.readline() == ""
+    assert c.request("I0\t0\tnothing/") == ""
+
+
+def test_transactions_commit_and_rollback(served):
+    handler, connect = served
+    c = connect()
+    c.send("B1\tuser@x")
+    c.send("S1\tshared/k\tv")
+    c.send("U1\tshared/answer")
+    c.expect_silence()
+    assert handler.sets == []  # nothing happens before the commit
+    assert c.request("C1") == "O1"
+    assert handler.sets == [("user@x", "shared/k", "v"), ("user@x", "shared/answer", None)]
+    assert c.request("Lshared/k") == "Ov"
+    c.send("B2\tuser@x")
+    c.send("S2\tshared/never\tv")
+    c.send("R2")
+    assert c.request("Lshared/never") == "N"
+    c.send("B3\tuser@x")
+    c.send("S3\tshared/readonly\tv")
+    assert c.request("D3") == "F3"
+
+
+def test_transactions_are_per_connection(served):
+    handler, connect = served
+    a, b = connect(), connect()
+    a.send("B1\talice@x")
+    b.send("B1\tbob@x")
+    a.send("S1\tshared/a\t1")
+    b.send("S1\tshared/b\t2")
+    assert b.request("C1") == "O1"
+    assert a.request("C1") == "O1"
+    assert sorted(handler.sets) == [("alice@x", "shared/a", "1"), ("bob@x", "shared/b", "2")]
+
+
+def test_commit_of_unknown_transaction_fails(served):
+    _, connect = served
+    assert connect().request("C77") == "F77"
+
+
+def test_pipelined_replies_keep_request_order(served):
+    _, connect = served
+    c = connect()
+    c.sock.sendall(b"Lshared/slow1\nLshared/answer\nLshared/missing\n")
+    assert [c.readline() for _ in range(3)] == ["Oslow", "O42", "N"]
+
+
+def test_lookups_on_one_connection_run_concurrently(served):
+    _, connect = served
+    c = connect()
+    start = time.monotonic()
+    c.sock.sendall(b"".join(b"Lshared/slow%d\n" % i for i in range(8)))
+    assert [c.readline() for _ in range(8)] == ["Oslow"] * 8
+    # Sequential handling would take 8 * 0.3 s.
+    assert time.monotonic() - start < 2.0
+
+
+def test_lookup_after_commit_sees_the_write(served):
+    _, connect = served
+    c = connect()
+    c.sock.sendall(b"Lshared/slow\nB1\tu\nS1\tshared/new\tyes\nC1\nLshared/new\n")
+    assert [c.readline() for _ in range(3)] == ["Oslow", "O1", "Oyes"]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"Xunknown\tcommand",
+        b"S99\tno-transaction\tv",
+        b"Lshared/\xff\xfe",
+        b"I0",
+        b"B",
+        b"S1",
+        b"\x00\x01\x02",
+    ],
+)
+def test_malformed_input_keeps_the_connection_usable(served, garbage):
+    _, connect = served
+    c = connect()
+    c.send(garbage)
+    if garbage.startswith((b"L", b"I")):
+        c.readline()  # a failure reply, so a waiting client is not left hanging
+    assert c.request("Lshared/answer") == "O42"
+
+
+def test_invalid_utf8_lookup_answers_failure(served):
+    _, connect = served
+    c = connect()
+    assert c.request(b"Lshared/\xff") == "F"
+
+
+def test_over_long_line_closes_only_that_connection(served):
+    _, connect = served
+    bad, good = connect(), connect()
+    bad.sock.sendall(b"L" + b"x" * (MAX_LINE + 10) + b"\n")
+    with pytest.raises(ConnectionError):
+        bad.readline()
+    assert good.request("Lshared/answer") == "O42"
+    assert connect().request("Lshared/answer") == "O42"
+
+
+def test_abrupt_disconnects_do_not_affect_others(served):
+    _, connect = served
+    good = connect()
+    for _ in range(20):
+        c = connect()
+        c.sock.sendall(b"Lshared/slow\nB1\tu\nS1\tshared/half")  # no newline, then gone
+        c.close()
+    assert good.request("Lshared/answer") == "O42"
+
+
+def test_many_concurrent_connections(served):
+    _, connect = served
+    clients = [connect() for _ in range(200)]
+    for c in clients:
+        c.send("Lshared/answer")
+    assert {c.readline() for c in clients} == {"O42"}
+
+
+@given(st.text())
+def test_tabescape_roundtrip(text):
+    escaped = tabescape(text)
+    assert "\t" not in escaped and "\n" not in escaped
+    assert tabunescape(escaped) == text
+
+
+# One server on purpose: it must survive all the inputs in a row.
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_break_the_server(served, data):
+    _, connect = served
+    c = connect()
+    c.sock.sendall(data.replace(b"\n", b"") + b"\n")
+    c.close()
+    assert connect().request("Lshared/answer") == "O42"

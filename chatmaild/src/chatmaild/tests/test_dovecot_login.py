@@ -1,0 +1,180 @@
+"""Create-on-login through Debian's real Dovecot, logging in over IMAP."""
+
+import imaplib
+import os
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from chatmaild.hashing import verify_password
+from chatmaild.lastlogin import day_of
+from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
+
+
+@pytest.fixture(scope="module")
+def dovecot():
+    with DovecotInstance() as instance:
+        yield instance
+
+
+def new_addr() -> str:
+    return f"{secrets.token_hex(8)[:9]}@{DOMAIN}"
+
+
+def login(dovecot, addr, password) -> bool:
+    """IMAP LOGIN and SELECT INBOX; True if both work."""
+    conn = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=30)
+    try:
+        conn.login(addr, password)
+        typ, _ = conn.select("INBOX")
+        return typ == "OK"
+    except imaplib.IMAP4.error:
+        return False
+    finally:
+        try:
+            conn.logout()
+        except (imaplib.IMAP4.abort, OSError):
+            pass
+
+
+def dovecot_errors(dovecot) -> str:
+    lines = dovecot.dovecot_log().splitlines()
+    return "\n".join(line for line in lines if "rror" in line or "Maximum" in line)[-3000:]
+
+
+def stored_hash(dovecot, addr):
+    path = dovecot.mailboxes_dir / addr / "password"
+    return path.read_text() if path.exists() else None
+
+
+def test_capabilities_announce_chatmail(dovecot):
+    conn = imaplib.IMAP4("127.0.0.1", dovecot.imap_port)
+    try:
+        conn.login(new_addr(), "password123")
+        caps = conn.capabilities
+    finally:
+        conn.logout()
+    assert "XCHATMAIL" in caps and "XDELTAPUSH" in caps
+
+
+def test_first_login_creates_account_and_password_is_then_required(dovecot):
+    addr = new_addr()
+    assert stored_hash(dovecot, addr) is None
+    assert login(dovecot, addr, "password123")
+    assert verify_password("password123", stored_hash(dovecot, addr))
+    assert login(dovecot, addr, "password123")
+    assert not login(dovecot, addr, "wrong-password")
+    assert verify_password("password123", stored_hash(dovecot, addr))
+
+
+def test_two_accounts_may_share_a_password(dovecot):
+    a, b = new_addr(), new_addr()
+    assert login(dovecot, a, "same-password")
+    assert login(dovecot, b, "same-password")
+
+
+def test_too_short_password_is_refused(dovecot):
+    addr = new_addr()
+    assert not login(dovecot, addr, "admin")
+    assert stored_hash(dovecot, addr) is None
+
+
+@pytest.mark.parametrize(
+    "localpart", ["short", "muchtoolong123", "with+plus", "dot.dot..", "sp ace123"]
+)
+def test_bad_localpart_is_refused(dovecot, localpart):
+    addr = f"{localpart}@{DOMAIN}"
+    assert not login(dovecot, addr, "password123")
+    assert not (dovecot.mailboxes_dir / addr).exists()
+
+
+def test_uppercase_login_is_the_lowercase_account(dovecot):
+    # Dovecot's default auth_username_format %Lu lowercases before we see the name.
+    addr = new_addr()
+    assert login(dovecot, addr.upper().replace("@CHAT.EXAMPLE.ORG", f"@{DOMAIN}"), "password123")
+    assert stored_hash(dovecot, addr) is not None
+    assert login(dovecot, addr, "password123")
+    assert not any(p.name != p.name.lower() for p in dovecot.mailboxes_dir.iterdir())
+
+
+def test_foreign_domain_is_refused(dovecot):
+    assert not login(dovecot, "abcdefghi@example.net", "password123")
+    assert not any("example.net" in p.name for p in dovecot.mailboxes_dir.iterdir())
+
+
+def test_nocreate_file_blocks_creation_not_login(dovecot):
+    existing, new = new_addr(), new_addr()
+    assert login(dovecot, existing, "password123")
+    dovecot.nocreate_file.touch()
+    try:
+        assert not login(dovecot, new, "password123")
+        assert stored_hash(dovecot, new) is None
+        assert login(dovecot, existing, "password123")
+    finally:
+        dovecot.nocreate_file.unlink()
+    assert login(dovecot, new, "password123")
+
+
+def test_parallel_first_logins_same_password_all_succeed_one_hash(dovecot):
+    addr = new_addr()
+    barrier = threading.Barrier(50)
+
+    def attempt(_):
+        barrier.wait()
+        return login(dovecot, addr, "password123")
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(attempt, range(50)))
+    assert results == [True] * 50, dovecot_errors(dovecot)
+    entries = os.listdir(dovecot.mailboxes_dir / addr)
+    assert [e for e in entries if e.startswith("password") and e != "password.lock"] == ["password"]
+    assert verify_password("password123", stored_hash(dovecot, addr))
+
+
+def test_parallel_first_logins_different_passwords_exactly_one_wins(dovecot):
+    addr = new_addr()
+    barrier = threading.Barrier(50)
+
+    def attempt(i):
+        barrier.wait()
+        return login(dovecot, addr, f"password-{i:03d}")
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(attempt, range(50)))
+    winners = [i for i, ok in enumerate(results) if ok]
+    assert len(winners) == 1
+    assert verify_password(f"password-{winners[0]:03d}", stored_hash(dovecot, addr))
+    # The winner keeps the account, the others stay locked out.
+    assert login(dovecot, addr, f"password-{winners[0]:03d}")
+    loser = (winners[0] + 1) % 50
+    assert not login(dovecot, addr, f"password-{loser:03d}")
+
+
+def test_500_new_accounts_none_lost(dovecot):
+    addrs = [new_addr() for _ in range(500)]
+    with ThreadPoolExecutor(25) as pool:
+        results = list(pool.map(lambda a: login(dovecot, a, "password123"), addrs))
+    assert results.count(True) == 500
+    for addr in addrs:
+        assert verify_password("password123", stored_hash(dovecot, addr))
+
+
+def test_login_updates_last_login_day(dovecot):
+    addr = new_addr()
+    assert login(dovecot, addr, "password123")
+    password = dovecot.mailboxes_dir / addr / "password"
+    os.utime(password, (86400 * 3, 86400 * 3))
+    assert login(dovecot, addr, "password123")
+    deadline = time.monotonic() + 5
+    while password.stat().st_mtime == 86400 * 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert password.stat().st_mtime == day_of(int(time.time()))
+
+
+def test_no_errors_from_our_dicts_in_dovecot_log(dovecot):
+    assert login(dovecot, new_addr(), "password123")
+    log = dovecot.dovecot_log()
+    assert "dict" not in "\n".join(line for line in log.splitlines() if "Error" in line)
