@@ -7,7 +7,6 @@ other file unchanged and draws ``qr-chatmail-invite-<domain>.png``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import http.server
 import io
@@ -301,6 +300,20 @@ def www_paths(config: Config) -> tuple[Path | None, Path] | None:
     return None, folder
 
 
+def prepare_website(config: Config) -> Path | None:
+    """The folder to upload for this config: freshly built, as provided, or None if disabled.
+
+    The deployer calls this (after :func:`check_privacy`); build errors raise WebsiteError.
+    """
+    paths = www_paths(config)
+    if paths is None:
+        return None
+    src_dir, build_dir = paths
+    if src_dir is None:
+        return build_dir
+    return build_webpage(config, src_dir, build_dir)
+
+
 # ---- webdev ---------------------------------------------------------------------------
 
 VERSION_PATH = "/__webdev/version"
@@ -427,11 +440,16 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "webdev",
         help="build the web page, serve it on localhost and rebuild it on every change",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Build the web page, serve it on localhost and rebuild it within a "
+        "second of any change to its sources or to chatmail.ini; open pages reload themselves.",
     )
     p.add_argument("--src", type=Path, help="page sources (default: from www_folder)")
     p.add_argument("--build", type=Path, help="output folder (default: build/ next to src)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument(
+        "--port", type=int, default=8000, help="port, 0 for any free one (default: %(default)s)"
+    )
     p.add_argument("--no-open", action="store_true", help="do not open a browser")
     p.set_defaults(func=webdev_cmd)

@@ -164,6 +164,7 @@ def test_qr_code_scans_as_the_account_link_with_logo_in_the_middle(src):
     assert centre.getpixel((32, 10)) != (255, 255, 255)
     index = (out / "index.html").read_text()
     assert index.count('href="DCACCOUNT:https://chat.example.org/new"') == 2
+    assert "Test relay" not in index
 
 
 @pytest.mark.skipif(ZBARIMG is None, reason="needs zbarimg (Debian package zbar-tools)")
@@ -172,7 +173,7 @@ def test_underscore_relay_invites_with_plain_domain_so_the_app_picks_credentials
     assert decode_qr(out / "qr-chatmail-invite-_relay1.lab.png") == ["dcaccount:_relay1.lab"]
     index = (out / "index.html").read_text()
     assert 'href="dcaccount:_relay1.lab"' in index
-    assert "self-signed certificate" in index
+    assert "certificate is self-signed" in index
 
 
 def test_underscore_relay_falls_back_to_new_when_app_credentials_would_be_refused():
@@ -231,3 +232,12 @@ def test_www_folder_selects_sources_prebuilt_site_or_nothing(tmp_path):
         tmp_path / "static",
     )
     assert www.www_paths(make_config(path=ini, www_folder="disabled")) is None
+
+
+def test_prepare_website_builds_the_configured_sources(tmp_path):
+    own = tmp_path / "own"
+    shutil.copytree(www.REPO_WWW / "src", own / "src")
+    built = www.prepare_website(make_config(www_folder=str(own)))
+    assert built == own / "build"
+    assert (built / "index.html").is_file()
+    assert www.prepare_website(make_config(www_folder=str(tmp_path / "disabled"))) is None

@@ -215,3 +215,24 @@ def test_privacy_page_shows_contacts_as_written_in_config(site, page):
     mail = page.evaluate("document.querySelector('main address a').href")
     assert urllib.parse.unquote(mail) == "mailto:privacy@example.org"
     assert "Die Landesbeauftragte für den Datenschutz" in page.evaluate("document.body.innerText")
+
+
+def test_test_relay_page_offers_the_plain_domain_invite(tmp_path, page):
+    build = www.build_webpage(
+        parse_config("[params]\nmail_domain = _relay1.lab\n"), www.REPO_WWW / "src", tmp_path / "b"
+    )
+    server = StaticServer(build)
+    try:
+        open_page(page, f"{server.url}index.html", "phone")
+        assert page.errors == []
+        assert page.evaluate("document.querySelector('a.button').getAttribute('href')") == (
+            "dcaccount:_relay1.lab"
+        )
+        assert "certificate is self-signed" in page.evaluate("document.body.innerText")
+        shot = page.screenshot(ARTIFACTS / "index-phone-test-relay.png")
+        assert "dcaccount:_relay1.lab" in decode_qr(shot)
+        open_page(page, f"{server.url}privacy.html", "phone")
+        assert "has not published contact details" in page.evaluate("document.body.innerText")
+        assert page.errors == []
+    finally:
+        server.close()
