@@ -247,6 +247,53 @@ class Lab:
         path.chmod(0o755)
         return path
 
+    def records(self) -> dict:
+        """A copy of what the lab recorded (PIDs, links, namespaces, mounts), for leftovers()."""
+        return self._load()
+
+    def leftovers(self, records: dict | None = None) -> list[str]:
+        """Anything of the lab still present: recorded PIDs, cmlab links/netns, mounts, cgroups.
+
+        Zombies count as gone: they hold no resources and are reaped by their parent.
+        """
+        recs = records if records is not None else self._load()
+        found = []
+        procs = [(k, r) for k, r in recs["procs"].items()]
+        for name, h in recs["hosts"].items():
+            procs += [(f"{name} nspawn", h["nspawn"]), (f"{name} init", h.get("init"))]
+        for what, rec in procs:
+            if rec and rec["pid"] and is_alive(rec["pid"], rec["start"]):
+                found.append(f"process {what} (pid {rec['pid']})")
+        found += [f"process {p}" for p in self._stray_processes()]
+        links = set(net.links_with_prefix("cmlab", "vb-cmlab"))
+        links |= {link for link in recs["links"] if net.link_exists(link)}
+        found += [f"link {link}" for link in sorted(links)]
+        found += [f"netns {ns}" for ns in net.netns_list() if ns.startswith("cmlab")]
+        if (net.NETNS_ETC / self.netns).exists():
+            found.append(f"directory {net.NETNS_ETC / self.netns}")
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f]
+        ours = (str(self.state_dir), "/run/netns/cmlab")
+        found += [f"mount {m}" for m in mounts if m.startswith(ours)]
+        found += [f"cgroup {d.parent}" for d in host.cgroup_dirs("any") if d.parent.exists()]
+        return found
+
+    def _stray_processes(self) -> list[str]:
+        """Live processes whose root is a lab host, or that run from the lab's config files."""
+        found = []
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                root = os.readlink(p / "root")
+                cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            lab_root = root.startswith(str(self.hosts_dir))
+            if (lab_root or str(self.state_dir) in cmdline) and is_alive(int(p.name)):
+                found.append(f"{p.name} {cmdline[:80]}")
+        return found
+
     # -- parts ---------------------------------------------------------------
 
     def _host(self, index: int) -> host.LabHost:
