@@ -1,0 +1,157 @@
+"""Account creation figures: raw doveauth lookups/s and new-account IMAP logins/s.
+
+Run: ``venv/bin/python bench/doveauth_bench.py [--logins N] [--concurrency C]``.
+Starts its own doveauth and Debian Dovecot on loopback (see chatmaild.tests.dovecot_instance),
+prints a table and stops everything it started. Figures, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from chatmaild.config import render_initial_config
+from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance, _wait_for
+
+
+def new_addr() -> str:
+    return f"{secrets.token_hex(8)[:9]}@{DOMAIN}"
+
+
+async def dict_client(sock: Path, keys: list[str], latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write(b"H3\t2\t0\t\tauth\n")
+    for key in keys:
+        start = time.perf_counter()
+        writer.write(f"L{key}\n".encode())
+        await writer.drain()
+        line = await reader.readline()
+        latencies.append(time.perf_counter() - start)
+        if not line.startswith(b"O"):
+            raise RuntimeError(f"lookup failed: {line[:40]!r}")
+    writer.close()
+
+
+async def run_dict_lookups(sock: Path, keys: list[str], connections: int) -> tuple[float, list]:
+    latencies: list[float] = []
+    chunks = [keys[i::connections] for i in range(connections)]
+    start = time.perf_counter()
+    await asyncio.gather(*(dict_client(sock, chunk, latencies) for chunk in chunks))
+    return time.perf_counter() - start, latencies
+
+
+def bench_raw_doveauth(n: int, connections: int) -> list[tuple]:
+    """Lookups straight over doveauth's socket, as Dovecot's auth process does them."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="chatmail-bench-") as tmp:
+        d = Path(tmp)
+        (d / "mail").mkdir()
+        ini = d / "chatmail.ini"
+        settings = {
+            "mailboxes_dir": d / "mail",
+            "nocreate_file": d / "nocreate",
+            "max_load_1m": 1000,
+        }
+        ini.write_text(render_initial_config(DOMAIN, settings))
+        sock = d / "doveauth.socket"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chatmaild.doveauth", str(sock), str(ini)],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for(sock.exists, "doveauth socket", proc=proc)
+            addrs = [new_addr() for _ in range(n)]
+            new_keys = [f'shared/passdb/password123"{a}' for a in addrs]
+            secs, lat = asyncio.run(run_dict_lookups(sock, new_keys, connections))
+            rows.append(("doveauth passdb, new account", n, secs, lat))
+            secs, lat = asyncio.run(run_dict_lookups(sock, new_keys, connections))
+            rows.append(("doveauth passdb, existing", n, secs, lat))
+            user_keys = [f"shared/userdb/{a}" for a in addrs]
+            secs, lat = asyncio.run(run_dict_lookups(sock, user_keys, connections))
+            rows.append(("doveauth userdb, existing", n, secs, lat))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return rows
+
+
+async def imap_login(port: int, addr: str, password: str, latencies: list[float]) -> None:
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await reader.readline()  # greeting
+        writer.write(f'a LOGIN {addr} "{password}"\r\n'.encode())
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise RuntimeError("connection closed during LOGIN")
+            if line.startswith(b"a "):
+                break
+        if not line.startswith(b"a OK"):
+            raise RuntimeError(f"login failed: {line!r}")
+        latencies.append(time.perf_counter() - start)
+        writer.write(b"b LOGOUT\r\n")
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+async def run_imap_logins(port: int, addrs: list[str], concurrency: int) -> tuple[float, list]:
+    latencies: list[float] = []
+    queue = list(reversed(addrs))
+
+    async def worker():
+        while queue:
+            await imap_login(port, queue.pop(), "password123", latencies)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - start, latencies
+
+
+def bench_imap(n: int, concurrency: int) -> list[tuple]:
+    rows = []
+    with DovecotInstance() as dovecot:
+        addrs = [new_addr() for _ in range(n)]
+        secs, lat = asyncio.run(run_imap_logins(dovecot.imap_port, addrs, concurrency))
+        rows.append(("IMAP login, new account", n, secs, lat))
+        created = sum(1 for a in addrs if (dovecot.mailboxes_dir / a / "password").exists())
+        if created != n:
+            raise RuntimeError(f"only {created} of {n} accounts were stored")
+        secs, lat = asyncio.run(run_imap_logins(dovecot.imap_port, addrs, concurrency))
+        rows.append(("IMAP login, existing account", n, secs, lat))
+    return rows
+
+
+def print_table(rows: list[tuple]) -> None:
+    print(f"{'benchmark':32} {'n':>6} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, n, secs, lat in rows:
+        lat = sorted(lat)
+        p50 = statistics.median(lat) * 1000
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+        print(f"{name:32} {n:6d} {n / secs:8.0f} {p50:8.1f} {p99:8.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lookups", type=int, default=5000, help="raw doveauth lookups per run")
+    parser.add_argument("--logins", type=int, default=2000, help="IMAP logins per run")
+    parser.add_argument("--concurrency", type=int, default=50, help="parallel IMAP clients")
+    parser.add_argument("--connections", type=int, default=8, help="parallel dict connections")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, load before start {os.getloadavg()[0]:.2f}")
+    rows = bench_raw_doveauth(args.lookups, args.connections)
+    rows += bench_imap(args.logins, args.concurrency)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
