@@ -37,6 +37,8 @@ TOOLS = {
     "mount": "mount",
     "chroot": "coreutils",
 }
+# The programs the lab runs on this machine, each with an argument naming the state dir.
+DAEMONS = ("systemd-nspawn", "dnsmasq", "tinyproxy")
 # Dovecot needs one inotify instance per IDLE mailbox, all as user vmail (lab-facts 11, 16).
 INOTIFY_MIN = {
     "fs/inotify/max_user_instances": 65536,
@@ -139,35 +141,46 @@ class Lab:
         return self.last_up
 
     def down(self) -> None:
-        """Stop and remove everything the lab recorded; the cached base and the key stay."""
+        """Stop and remove everything the lab recorded; the cached base and the key stay.
+
+        Every step is tried even if an earlier one failed; what failed stays recorded.
+        """
         with self._locked():
             state = self._load()
-            errors = []
-            for name, rec in sorted(state["hosts"].items()):
+            errors: list[str] = []
+
+            def attempt(what: str, fn, *args) -> None:
                 try:
-                    self._stop_host(state, name, rec)
-                except LabError as e:
-                    errors.append(str(e))
-            for key in ("dnsmasq", "tinyproxy"):
-                rec = state["procs"].pop(key, None)
-                if rec:
-                    stop_process(rec)
-            self._save(state)
-            for ns in state["netns"] + [self.netns]:
-                self._kill_netns_processes(ns)
-                net.delete_client_netns(ns)
-            with contextlib.suppress(OSError):
-                net.NETNS_ETC.rmdir()
+                    fn(*args)
+                except (LabError, OSError) as e:
+                    errors.append(f"{what}: {e}")
+
+            for name, rec in sorted(state["hosts"].items()):
+                attempt(f"host {name}", self._stop_host, state, name, rec)
+            for key in list(state["procs"]):
+                attempt(key, self._stop_service, state, key)
+            attempt("stray lab processes", self._stop_strays)
+            attempt("stray mounts", self._unmount_strays)
+            attempt("stray cgroups", self._remove_stray_cgroups)
+            for ns in dict.fromkeys(state["netns"] + [self.netns]):
+                attempt(f"netns {ns}", self._delete_netns, ns)
             # Our links by record, plus any cmlab-named leftover of an interrupted run.
-            for link in state["links"] + net.links_with_prefix("cmlab", "vb-cmlab"):
-                net.delete_link(link)
-            self._restore_inotify(state)
+            for link in dict.fromkeys(state["links"] + net.links_with_prefix("cmlab", "vb-cmlab")):
+                attempt(f"link {link}", net.delete_link, link)
+            attempt("inotify limits", self._restore_inotify, state)
+            if state["hosts"]:
+                # A host that did not stop keeps its tree: it may still be mounted or in use.
+                self._save(state)
+                raise LabError("; ".join(errors))
             shutil.rmtree(self.zone_dir, ignore_errors=True)
             shutil.rmtree(self.hosts_dir, ignore_errors=True)
-            for f in (self.known_hosts, self.ssh_config, self.state_file):
-                f.unlink(missing_ok=True)
+            for f in ("known_hosts", "ssh_config", "dnsmasq.conf", "tinyproxy.conf"):
+                (self.state_dir / f).unlink(missing_ok=True)
             if errors:
+                state.update(procs={}, links=[], netns=[])
+                self._save(state)
                 raise LabError("; ".join(errors))
+            self.state_file.unlink(missing_ok=True)
 
     def status(self, probe: bool = True) -> dict:
         """What runs: services, hosts with their PIDs and (if probed) systemd state."""
@@ -264,7 +277,7 @@ class Lab:
         for what, rec in procs:
             if rec and rec["pid"] and is_alive(rec["pid"], rec["start"]):
                 found.append(f"process {what} (pid {rec['pid']})")
-        found += [f"process {p}" for p in self._stray_processes()]
+        found += [f"process {pid} {cmd[:80]}" for pid, cmd in self._stray_processes()]
         links = set(net.links_with_prefix("cmlab", "vb-cmlab"))
         links |= {link for link in recs["links"] if net.link_exists(link)}
         found += [f"link {link}" for link in sorted(links)]
@@ -278,8 +291,8 @@ class Lab:
         found += [f"cgroup {d.parent}" for d in host.cgroup_dirs("any") if d.parent.exists()]
         return found
 
-    def _stray_processes(self) -> list[str]:
-        """Live processes whose root is a lab host, or that run from the lab's config files."""
+    def _stray_processes(self) -> list[tuple[int, str]]:
+        """Live processes whose root is a lab host, or lab daemons started from the lab's files."""
         found = []
         for p in Path("/proc").iterdir():
             if not p.name.isdigit():
@@ -290,8 +303,9 @@ class Lab:
             except OSError:
                 continue
             lab_root = root.startswith(str(self.hosts_dir))
-            if (lab_root or str(self.state_dir) in cmdline) and is_alive(int(p.name)):
-                found.append(f"{p.name} {cmdline[:80]}")
+            daemon = cmdline.startswith(DAEMONS) and str(self.state_dir) in cmdline
+            if (lab_root or daemon) and is_alive(int(p.name)):
+                found.append((int(p.name), cmdline))
         return found
 
     # -- parts ---------------------------------------------------------------
@@ -460,14 +474,48 @@ class Lab:
         del state["hosts"][name]
         self._save(state)
 
-    def _kill_netns_processes(self, ns: str) -> None:
-        """Stop what tests left running in the client namespace; it belongs to the lab."""
-        if not net.netns_exists(ns):
-            return
-        pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
-        for pid in map(int, pids):
-            with contextlib.suppress(LabError):
-                stop_process({"pid": pid, "start": None, "argv": [f"pid {pid} in {ns}"]})
+    def _stop_service(self, state: dict, key: str) -> None:
+        stop_process(state["procs"][key])
+        del state["procs"][key]
+        self._save(state)
+
+    def _stop_strays(self) -> None:
+        """Processes of the lab whose records were lost (an interrupted run), nspawn first."""
+        for _ in range(3):
+            strays = self._stray_processes()
+            if not strays:
+                return
+            first = [p for p in strays if p[1].startswith("systemd-nspawn")] or strays
+            for pid, cmdline in first:
+                rec = {"pid": pid, "start": proc_start_time(pid), "argv": [cmdline]}
+                stop_process(rec, timeout=30)
+
+    def _unmount_strays(self) -> None:
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f]
+        for m in reversed(mounts):
+            if m.startswith(f"{self.hosts_dir}/"):
+                if run(["umount", m], check=False).returncode != 0:
+                    run(["umount", "--lazy", m])
+
+    def _remove_stray_cgroups(self) -> None:
+        for top in host.cgroup_dirs("any"):
+            if top.parent.exists():
+                for machine in [d.name for d in top.parent.iterdir() if d.is_dir()]:
+                    host.remove_cgroups(machine)
+            with contextlib.suppress(FileNotFoundError):
+                top.parent.rmdir()
+
+    def _delete_netns(self, ns: str) -> None:
+        """Stop what tests left running in the client namespace, then remove it."""
+        if net.netns_exists(ns):
+            pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
+            for pid in map(int, pids):
+                rec = {"pid": pid, "start": proc_start_time(pid), "argv": [f"pid {pid} in {ns}"]}
+                stop_process(rec)
+        net.delete_client_netns(ns)
+        with contextlib.suppress(OSError):
+            net.NETNS_ETC.rmdir()
 
 
 def _index(rec: dict) -> int:
