@@ -36,7 +36,8 @@ CORE_LOCALPART_LENGTH = 9
 CORE_PASSWORD_LENGTH = 22
 
 _WORDS = "zero one two three four five six seven eight nine ten eleven twelve".split()
-_CONFLICT_MARKERS = ("<<<<<<< ", "=======\n", ">>>>>>> ")
+# "=======" alone is also a markdown heading underline, so only the outer markers count.
+_CONFLICT_MARKERS = ("<<<<<<< ", ">>>>>>> ")
 
 
 class WebsiteError(Exception):

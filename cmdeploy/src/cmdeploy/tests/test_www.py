@@ -210,6 +210,11 @@ def test_merge_conflict_marker_stops_the_build(src):
         build(src, make_config())
 
 
+def test_setext_heading_is_not_mistaken_for_a_conflict_marker(src):
+    (src / "extra.md").write_text("Extra page\n=======\n\ntext\n")
+    assert "<h1>Extra page</h1>" in (build(src, make_config()) / "extra.html").read_text()
+
+
 def test_only_webdev_builds_carry_the_reload_script(src):
     plain = (build(src, make_config()) / "index.html").read_text()
     assert "__webdev" not in plain
