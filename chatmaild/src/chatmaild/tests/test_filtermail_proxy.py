@@ -1,0 +1,355 @@
+"""Black-box: the real ``filtermail`` console script between smtplib and a reinject sink."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chatmaild.tests.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime, plain
+
+MAIL_DATA = Path(__file__).parent / "mail-data"
+ENC = b"Encryption Needed: Invalid Unencrypted Mail"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read(name: str) -> bytes:
+    return (MAIL_DATA / name).read_bytes()
+
+
+class SinkHandler:
+    """A stand-in for Postfix's reinject listener that records what it gets."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.refuse_rcpt: dict[str, str] = {}
+        self.refuse_data: str | None = None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse_rcpt:
+            return self.refuse_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.refuse_data:
+            return self.refuse_data
+        self.received.append(
+            (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        )
+        return "250 2.0.0 Ok: queued as TEST"
+
+
+@pytest.fixture
+def sink():
+    handler = SinkHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), data_size_limit=None)
+    controller.start()
+    handler.port = controller.port
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+class Filtermail:
+    """One filtermail process; stderr lines are collected by a reader thread."""
+
+    def __init__(self, tmp_path: Path, mode: str, reinject_port: int, **overrides) -> None:
+        self.port = free_port()
+        self.mode = mode
+        self.mailboxes = tmp_path / "mailboxes"
+        settings = {
+            "mail_domain": "example.org",
+            "mailboxes_dir": str(self.mailboxes),
+            "filtermail_smtp_port": self.port,
+            "filtermail_smtp_port_incoming": self.port,
+            "postfix_reinject_port": reinject_port,
+            "postfix_reinject_port_incoming": reinject_port,
+        }
+        settings.update(overrides)
+        ini = tmp_path / f"chatmail-{mode}.ini"
+        ini.write_text("[params]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+        script = shutil.which("filtermail", path=str(Path(sys.executable).parent))
+        cmd = [script] if script else [sys.executable, "-m", "chatmaild.filtermail.proxy"]
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [*cmd, str(ini), mode], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        )
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(30) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("filtermail did not start:\n" + "\n".join(self.lines))
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+            if "entering serving loop" in line:
+                self._ready.set()
+        self._ready.set()
+
+    def logged(self, text: str) -> bool:
+        """Whether ``text`` is (or within a few seconds becomes) a line of stderr."""
+        with self._changed:
+            return self._changed.wait_for(lambda: text in self.lines, timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(10)
+
+    def send(self, data: bytes, mail_from: str = ALICE, rcpts=(BOB,), **kw):
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+            return client.sendmail(mail_from, list(rcpts), data, **kw)
+
+    def enforce(self, addr: str) -> None:
+        maildir = self.mailboxes / addr
+        maildir.mkdir(parents=True, exist_ok=True)
+        (maildir / "enforceE2EEincoming").touch()
+
+
+@pytest.fixture
+def start_filtermail(tmp_path):
+    started: list[Filtermail] = []
+
+    def start(mode: str, reinject_port: int, **overrides) -> Filtermail:
+        fm = Filtermail(tmp_path, mode, reinject_port, **overrides)
+        started.append(fm)
+        return fm
+
+    yield start
+    for fm in started:
+        fm.stop()
+
+
+@pytest.fixture
+def outgoing(start_filtermail, sink):
+    return start_filtermail("outgoing", sink.port)
+
+
+@pytest.fixture
+def incoming(start_filtermail, sink):
+    return start_filtermail("incoming", sink.port)
+
+
+def test_encrypted_mail_is_reinjected_unchanged_with_the_same_envelope(outgoing, sink):
+    data = read("encrypted.eml")
+    rcpts = [BOB, "carol@example.org", "dave@example.net"]
+    assert outgoing.send(data, rcpts=rcpts) == {}
+    assert sink.received == [(ALICE, rcpts, data)]
+    assert outgoing.logged("Outgoing: Filtering encrypted mail.")
+
+
+def test_plain_mail_to_other_domain_is_refused_523(outgoing, sink):
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        outgoing.send(read("plain.eml"), rcpts=["someone@example.net"])
+    assert (e.value.smtp_code, e.value.smtp_error) == (523, ENC)
+    assert sink.received == []
+    assert outgoing.logged("Outgoing: Rejected unencrypted mail.")
+
+
+def test_plain_mail_to_same_domain_and_self_is_refused_523(outgoing, sink):
+    for rcpts in ([BOB], [ALICE], [ALICE, BOB]):
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            outgoing.send(read("plain.eml"), rcpts=rcpts)
+        assert e.value.smtp_code == 523
+    assert sink.received == []
+
+
+def test_securejoin_and_self_sent_setup_message_pass_outgoing(outgoing, sink):
+    outgoing.send(read("securejoin-vc.eml"), rcpts=[BOB])
+    outgoing.send(read("asm.eml"), rcpts=[ALICE])
+    assert [r[1] for r in sink.received] == [[BOB], [ALICE]]
+
+
+def test_forged_from_header_is_refused_500(outgoing, sink):
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        outgoing.send(read("encrypted.eml"), mail_from=BOB)
+    assert e.value.smtp_code == 500
+    assert e.value.smtp_error == f"Invalid FROM <{ALICE}> for <{BOB}>".encode()
+    assert sink.received == []
+
+
+def test_mail_from_without_one_at_sign_is_refused_500(outgoing):
+    with pytest.raises(smtplib.SMTPSenderRefused) as e:
+        outgoing.send(read("encrypted.eml"), mail_from="alice")
+    assert (e.value.smtp_code, e.value.smtp_error) == (500, b"Invalid from address <alice>")
+
+
+def test_rate_limit_applies_across_connections(start_filtermail, sink):
+    fm = start_filtermail(
+        "outgoing", sink.port, max_user_send_per_minute=1, max_user_send_burst_size=3
+    )
+    data = read("encrypted.eml")
+    for _ in range(3):
+        fm.send(data)
+    with pytest.raises(smtplib.SMTPSenderRefused) as e:
+        fm.send(data)
+    assert e.value.smtp_code == 450
+    assert e.value.smtp_error == f"4.7.1: Too much mail from {ALICE}".encode()
+    fm.send(
+        read("encrypted.eml").replace(ALICE.encode(), b"erin@example.org"),
+        mail_from="erin@example.org",
+    )
+    assert len(sink.received) == 4
+
+
+def test_reinject_down_never_answers_250(start_filtermail):
+    fm = start_filtermail("outgoing", free_port())
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        fm.send(read("encrypted.eml"))
+    assert e.value.smtp_code == 451
+
+
+def test_reinject_refusal_code_and_text_are_passed_on(outgoing, sink):
+    sink.refuse_data = "554 5.7.1 Rejected by policy"
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        outgoing.send(read("encrypted.eml"))
+    assert (e.value.smtp_code, e.value.smtp_error) == (554, b"5.7.1 Rejected by policy")
+
+
+def test_refused_recipient_at_reinject_refuses_the_whole_message(outgoing, sink):
+    sink.refuse_rcpt["carol@example.org"] = "452 4.5.3 Too many recipients"
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        outgoing.send(read("encrypted.eml"), rcpts=[BOB, "carol@example.org"])
+    assert e.value.smtp_code == 452
+    assert sink.received == []
+
+
+def test_incoming_cleartext_is_refused_only_for_enforcing_recipients(incoming, sink):
+    incoming.enforce(BOB)
+    plain_mail = read("plain.eml")
+    incoming.send(plain_mail, mail_from="someone@example.net", rcpts=["carol@example.org"])
+    for rcpts in ([BOB], ["carol@example.org", BOB], ["Bob+tag@example.org"]):
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            incoming.send(plain_mail, mail_from="someone@example.net", rcpts=rcpts)
+        assert (e.value.smtp_code, e.value.smtp_error) == (523, ENC)
+    incoming.send(read("encrypted-armor-version.eml"), mail_from="x@example.net", rcpts=[BOB])
+    assert [r[1] for r in sink.received] == [["carol@example.org"], [BOB]]
+    assert incoming.logged("Incoming: Rejected unencrypted mail.")
+
+
+def test_incoming_bounce_with_null_sender_passes(incoming, sink):
+    incoming.enforce(ALICE)
+    incoming.send(read("mailer-daemon.eml"), mail_from="", rcpts=[ALICE])
+    assert sink.received[0][0] in ("", "<>")
+    assert sink.received[0][2] == read("mailer-daemon.eml")
+    assert incoming.logged(
+        "Incoming: Filtering mailer-daemon message from MAILER-DAEMON@example.net"
+    )
+
+
+def test_oversize_message_is_refused_552(start_filtermail, sink):
+    fm = start_filtermail("outgoing", sink.port, max_message_size=20000)
+    big = pgp_mime(armor(packet(1, bytes(100)) + packet(18, bytes(30000))))
+    # Announced with SIZE (RFC 1870): refused at MAIL FROM already.
+    with pytest.raises(smtplib.SMTPSenderRefused) as e:
+        fm.send(big)
+    assert e.value.smtp_code == 552
+    # Not announced: refused at the end of DATA, and the session stays usable.
+    with smtplib.SMTP("127.0.0.1", fm.port, timeout=30) as client:
+        client.ehlo()
+        client.mail(ALICE)
+        client.rcpt(BOB)
+        code, text = client.data(big)
+        assert (code, text) == (552, b"5.3.4 Message exceeds maximum size")
+        assert client.noop()[0] == 250
+    assert sink.received == []
+    fm.send(read("encrypted.eml"))
+    assert len(sink.received) == 1
+
+
+def test_rcpt_parameters_are_accepted_and_ignored(outgoing, sink):
+    with smtplib.SMTP("127.0.0.1", outgoing.port, timeout=30) as client:
+        client.ehlo()
+        assert client.mail(ALICE, ["BODY=8BITMIME"])[0] == 250
+        assert (
+            client.rcpt(BOB, ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;bob@example.org"])[0] == 250
+        )
+        assert client.data(read("encrypted.eml"))[0] == 250
+    assert sink.received[0][1] == [BOB]
+
+
+def test_lines_starting_with_a_dot_survive_unchanged(incoming, sink):
+    data = plain(".\n..\n.hidden\nend", to="carol@example.org")
+    incoming.send(data, mail_from="x@example.net", rcpts=["carol@example.org"])
+    assert sink.received[0][2] == data
+
+
+def test_large_encrypted_message_passes_unchanged(outgoing, sink):
+    rng = random.Random(7)
+    payload = packet(1, rng.randbytes(270)) + partial_packet(
+        18, rng.randbytes(3 << 20), chunk_power=13
+    )
+    data = pgp_mime(armor(payload, crc=False))
+    outgoing.send(data)
+    assert sink.received[0][2] == data
+
+
+def test_several_messages_in_one_session(outgoing, sink):
+    with smtplib.SMTP("127.0.0.1", outgoing.port, timeout=30) as client:
+        client.sendmail(ALICE, [BOB], read("encrypted.eml"))
+        with pytest.raises(smtplib.SMTPDataError):
+            client.sendmail(ALICE, [BOB], read("plain.eml"))
+        client.sendmail(ALICE, [BOB], read("securejoin-vg.eml"))
+    assert len(sink.received) == 2
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    handler = SinkHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    fm = Filtermail(
+        tmp,
+        "outgoing",
+        controller.port,
+        max_user_send_per_minute=100000,
+        max_user_send_burst_size=100000,
+    )
+    try:
+        yield fm, handler
+    finally:
+        fm.stop()
+        controller.stop()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=3000))
+def test_random_bytes_never_pass_and_never_crash_the_proxy(fuzz_target, data):
+    fm, handler = fuzz_target
+    with smtplib.SMTP("127.0.0.1", fm.port, timeout=30) as client:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            client.sendmail(ALICE, [BOB], data)
+        assert e.value.smtp_code in (500, 523)
+        assert client.noop()[0] == 250
+    assert handler.received == []
+    assert fm.proc.poll() is None
