@@ -66,6 +66,10 @@ def parse_zone(domain: str, zone_text: str) -> list[Record]:
         fields = tuple(_tokens(words[1] if len(words) > 1 else ""))
         if not fields:
             raise LabError(f"zone line {lineno}: {rtype} record without a value")
+        # Names inside RDATA are relative to the origin like owner names (RFC 1035 §5.1).
+        target = {"MX": 1, "CNAME": 0, "SRV": 3}.get(rtype)
+        if target is not None and len(fields) > target:
+            fields = (*fields[:target], _absolute(fields[target], origin), *fields[target + 1 :])
         records.append(Record(_absolute(name, origin), rtype, fields))
     return records
 

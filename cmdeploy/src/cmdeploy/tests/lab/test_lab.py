@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 
 import pytest
@@ -69,7 +70,8 @@ def test_unknown_names_get_nxdomain_at_once(lab):
         "dig +tries=1 +time=5 autoconfig._relay1.lab; dig +tries=1 +time=5 pypi.org",
     ).stdout
     assert out.count("status: NXDOMAIN") == 2
-    assert "Query time: 0 msec" in out or "Query time: 1 msec" in out
+    times = [int(t) for t in re.findall(r"Query time: (\d+) msec", out)]
+    assert len(times) == 2 and max(times) < 500, out
 
 
 def test_debian_package_installs_through_the_proxy_only(lab):
@@ -77,11 +79,9 @@ def test_debian_package_installs_through_the_proxy_only(lab):
     lab.ssh_run(relay1.name, "apt-get update -q")
     lab.ssh_run(relay1.name, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q hello")
     assert lab.ssh_run(relay1.name, "hello").stdout.strip() == "Hello, world!"
-    # Without the proxy there is no way out of the lab.
-    direct = lab.ssh_run(
-        relay1.name, "curl -sS --noproxy '*' -m 5 http://203.0.113.80/", check=False
-    )
-    assert direct.returncode != 0
+    # Without the proxy there is no way out of the lab: no route beyond the bridge.
+    route = lab.ssh_run(relay1.name, "ip route get 151.101.0.223", check=False)
+    assert route.returncode != 0 and "unreachable" in route.stderr
 
 
 def test_pypi_package_installs_through_the_proxy(lab):
