@@ -1,0 +1,82 @@
+"""chatmail-metrics: account counts in the Prometheus text format (served at /metrics).
+
+An account is a directory whose name contains ``@``; the notification queue
+(``pending_notifications``) and other non-accounts are not counted. CI accounts are
+the ones test suites create, named ``ci-…`` or ``ac_…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import read_config
+
+CI_PREFIXES = ("ci-", "ac_")
+DEFAULT_INI = "/usr/local/lib/chatmaild/chatmail.ini"
+
+
+def count_accounts(mailboxes_dir: Path) -> tuple[int, int]:
+    """(all accounts, CI accounts) in ``mailboxes_dir``."""
+    total = ci = 0
+    for entry in os.scandir(mailboxes_dir):
+        if "@" not in entry.name or not entry.is_dir(follow_symlinks=False):
+            continue
+        total += 1
+        if entry.name.startswith(CI_PREFIXES):
+            ci += 1
+    return total, ci
+
+
+def render(total: int, ci: int) -> str:
+    return (
+        "# HELP accounts total number of accounts\n"
+        "# TYPE accounts gauge\n"
+        f"accounts {total}\n"
+        "# HELP ci_accounts number of CI accounts\n"
+        "# TYPE ci_accounts gauge\n"
+        f"ci_accounts {ci}\n"
+        "# HELP nonci_accounts number of non-CI accounts\n"
+        "# TYPE nonci_accounts gauge\n"
+        f"nonci_accounts {total - ci}\n"
+    )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` so that nginx never serves a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``chatmail-metrics [ini or mailboxes dir] [--output FILE]``"""
+    parser = argparse.ArgumentParser(prog="chatmail-metrics", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "source",
+        nargs="?",
+        default=DEFAULT_INI,
+        help="chatmail.ini, or the mailboxes directory itself (the seed's form)",
+    )
+    parser.add_argument("--output", type=Path, help="write here atomically instead of stdout")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    source = Path(args.source)
+    mailboxes_dir = source if source.is_dir() else read_config(source).mailboxes_dir
+    text = render(*count_accounts(mailboxes_dir))
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
