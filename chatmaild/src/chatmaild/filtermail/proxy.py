@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -32,6 +34,9 @@ REINJECT_TIMEOUT = 120.0
 _WRITE_CHUNK = 1 << 16
 
 
+_PLAIN_PATH = re.compile(r"^\s*<([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)>\s*(.*)$")
+
+
 class GateSMTP(SMTP):
     """aiosmtpd's SMTP with a DATA reader that keeps one buffer per message.
 
@@ -42,6 +47,14 @@ class GateSMTP(SMTP):
     """
 
     line_length_limit = READ_LIMIT
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # The common "<local@domain> PARAMS" without quoting or comments needs no
+        # RFC 5322 parser (aiosmtpd's costs more than the whole gate for small mail).
+        m = _PLAIN_PATH.match(arg)
+        if m:
+            return m.group(1), m.group(2)
+        return super()._getaddr(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if arg:
@@ -78,35 +91,46 @@ class GateSMTP(SMTP):
     async def _read_content(self) -> bytearray | None:
         """Read up to the lone dot, undoing dot-stuffing (RFC 5321 §4.5.2).
 
-        Only CRLF.CRLF ends the data; None if it exceeded ``data_size_limit`` (the rest
-        is still read and discarded so the session stays in sync).
+        Only CRLF.CRLF ends the data. Reads in bulk up to each ".CRLF" (rare in mail,
+        absent from base64) or 64 KiB. None if the data exceeded ``data_size_limit``;
+        the rest is still read and discarded so the session stays in sync.
         """
         content = bytearray()
         limit = self.data_size_limit
         too_big = False
-        mid_line = False
+        line_start = True  # the next unprocessed byte begins a line
+        pending = b""  # a trailing CR held back so CRLF "." is never split
         reader = self._reader
         while True:
             try:
-                line = await reader.readuntil(b"\r\n")
-                partial = False
+                raw = pending + await reader.readuntil(b".\r\n")
+                found = True
             except asyncio.LimitOverrunError as e:
-                line = await reader.readexactly(e.consumed)
-                partial = True
-            if not mid_line:
-                if line == b".\r\n":
-                    break
-                if line[:1] == b".":
-                    line = line[1:]
-            mid_line = partial
-            if too_big:
-                continue
-            if limit and len(content) + len(line) > limit:
-                too_big = True
-                content = bytearray()
-                continue
-            content += line
-        return None if too_big else content
+                raw = pending + await reader.readexactly(e.consumed)
+                found = False
+            pending = b""
+            if found:
+                before = raw[:-3]
+                if before.endswith(b"\r\n") or (not before and line_start):
+                    raw, done = before, True
+                else:
+                    done = False
+            else:
+                done = False
+                if raw.endswith(b"\r"):
+                    raw, pending = raw[:-1], b"\r"
+            if raw:
+                seg = raw[1:] if line_start and raw[:1] == b"." else raw
+                seg = seg.replace(b"\r\n.", b"\r\n")
+                line_start = raw.endswith(b"\r\n")
+                if not too_big:
+                    if limit and len(content) + len(seg) > limit:
+                        too_big = True
+                        content = bytearray()
+                    else:
+                        content += seg
+            if done:
+                return None if too_big else content
 
 
 class FilterHandler:
@@ -122,6 +146,7 @@ class FilterHandler:
             if mode == "outgoing"
             else config.postfix_reinject_port_incoming
         )
+        self.reinjector = Reinjector(HOST, self.reinject_port)
         self.limiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
 
     async def handle_MAIL(
@@ -156,7 +181,7 @@ class FilterHandler:
         if not verdict.accept:
             return verdict.reply
         options = [o for o in envelope.mail_options if o.startswith("BODY=") or o == "SMTPUTF8"]
-        return await reinject(HOST, self.reinject_port, mail_from, rcpt_tos, data, options)
+        return await self.reinjector.send(mail_from, rcpt_tos, data, options)
 
     def _check(self, data, mail_from: str, rcpt_tos: list[str]) -> gate.Verdict:
         if self.mode == "outgoing":
@@ -167,73 +192,157 @@ class FilterHandler:
 
 
 class ReinjectError(Exception):
-    """Downstream refused or failed; ``reply`` is what our client gets instead of 250."""
+    """Downstream refused; ``reply`` is what our client gets instead of 250."""
 
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
         self.reply = reply
 
 
-async def reinject(
-    host: str,
-    port: int,
-    mail_from: str,
-    rcpt_tos: Sequence[str],
-    data: bytes | bytearray,
-    mail_options: Sequence[str] = (),
-    timeout: float = REINJECT_TIMEOUT,
-) -> str:
-    """Hand the message to Postfix unchanged; the reply for our client.
+class _Connection:
+    """One SMTP client connection to the reinject listener."""
 
-    "250 OK" only if Postfix answered 250 to the end of data. Any refusal returns
-    Postfix's own code and text (a refused recipient aborts the whole transaction
-    before DATA, so nothing is delivered twice when the client retries); a broken
-    connection returns 451.
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle_since = 0.0
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Reinjector:
+    """Hands accepted messages to Postfix, reusing idle connections.
+
+    A reused connection that turns out closed (Postfix's idle timeout) is replaced by
+    a fresh one, but only when nothing of the transaction has been accepted yet, so a
+    retry can never deliver twice.
     """
-    try:
-        return await asyncio.wait_for(
-            _reinject(host, port, mail_from, rcpt_tos, data, mail_options), timeout
-        )
-    except ReinjectError as e:
-        log.warning("Reinject refused: %s", e.reply)
-        return e.reply
-    except (
-        TimeoutError,
-        OSError,
-        asyncio.IncompleteReadError,
-        asyncio.LimitOverrunError,
-        ValueError,
-    ) as e:
-        log.warning("Reinject failed: %s", e.__class__.__name__)
-        return f"451 4.4.2 Reinject failed ({e.__class__.__name__}), try again later"
 
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_idle: int = 20,
+        idle_timeout: float = 30.0,
+        timeout: float = REINJECT_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.timeout = timeout
+        self._idle: list[_Connection] = []
 
-async def _reinject(host, port, mail_from, rcpt_tos, data, mail_options) -> str:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        await _expect(reader, 220)
-        await _command(writer, reader, b"EHLO localhost", 250)
-        params = "".join(" " + o for o in mail_options)
-        await _command(writer, reader, f"MAIL FROM:<{mail_from}>{params}".encode(), 250)
-        for rcpt in rcpt_tos:
-            await _command(writer, reader, f"RCPT TO:<{rcpt}>".encode(), 250, 251)
-        await _command(writer, reader, b"DATA", 354)
-        await _write_dot_stuffed(writer, data)
-        await _expect(reader, 250)
-        writer.write(b"QUIT\r\n")
-        return "250 OK"
-    finally:
-        writer.close()
+    async def send(
+        self,
+        mail_from: str,
+        rcpt_tos: Sequence[str],
+        data: bytes | bytearray,
+        mail_options: Sequence[str] = (),
+    ) -> str:
+        """The reply for our client: "250 OK" only if Postfix answered 250 to the data.
+
+        A refusal returns Postfix's own code and text (a refused recipient aborts the
+        whole transaction before DATA, so nothing is delivered when the client
+        retries); a broken connection or timeout returns 451.
+        """
         try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+            return await asyncio.wait_for(
+                self._send(mail_from, rcpt_tos, data, mail_options), self.timeout
+            )
+        except ReinjectError as e:
+            log.warning("Reinject refused: %s", e.reply)
+            return e.reply
+        except (
+            TimeoutError,
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ) as e:
+            log.warning("Reinject failed: %s", e.__class__.__name__)
+            return f"451 4.4.2 Reinject failed ({e.__class__.__name__}), try again later"
+
+    async def _send(self, mail_from, rcpt_tos, data, mail_options) -> str:
+        params = "".join(" " + o for o in mail_options)
+        mail_cmd = f"MAIL FROM:<{mail_from}>{params}".encode()
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                await _command(conn, mail_cmd, 250)
+            except (OSError, asyncio.IncompleteReadError, ReinjectError) as e:
+                # 421 or a dropped idle connection: nothing was accepted, start afresh.
+                conn.close()
+                if isinstance(e, ReinjectError) and not e.reply.startswith("421"):
+                    raise
+                conn = None
+        if conn is None:
+            conn = await self._connect()
+            try:
+                await _command(conn, mail_cmd, 250)
+            except BaseException:
+                conn.close()
+                raise
+        try:
+            for rcpt in rcpt_tos:
+                await _command(conn, f"RCPT TO:<{rcpt}>".encode(), 250, 251)
+            await _command(conn, b"DATA", 354)
+            await _write_dot_stuffed(conn.writer, data)
+            await _expect(conn.reader, 250)
+        except ReinjectError:
+            # The transaction failed but the session is intact: reset and keep it.
+            try:
+                await _command(conn, b"RSET", 250)
+            except BaseException:
+                conn.close()
+            else:
+                self._put_idle(conn)
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        self._put_idle(conn)
+        return "250 OK"
+
+    async def _connect(self) -> _Connection:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        conn = _Connection(reader, writer)
+        try:
+            await _expect(reader, 220)
+            await _command(conn, b"EHLO localhost", 250)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _take_idle(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.idle_since < self.idle_timeout and not conn.reader.at_eof():
+                return conn
+            conn.close()
+        return None
+
+    def _put_idle(self, conn: _Connection) -> None:
+        if len(self._idle) >= self.max_idle:
+            conn.writer.write(b"QUIT\r\n")
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
 
 
-async def _command(writer, reader, line: bytes, *ok: int) -> None:
-    writer.write(line + b"\r\n")
-    await writer.drain()
-    await _expect(reader, *ok)
+async def _command(conn: _Connection, line: bytes, *ok: int) -> None:
+    conn.writer.write(line + b"\r\n")
+    await conn.writer.drain()
+    await _expect(conn.reader, *ok)
 
 
 async def _expect(reader: asyncio.StreamReader, *ok: int) -> None:
@@ -317,7 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("config", help="path to chatmail.ini")
     parser.add_argument("mode", choices=["outgoing", "incoming"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # aiosmtpd logs every command at INFO ("mail.log"); only our counting lines go out.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
     try:
         config = read_config(args.config)
     except ConfigError as e:

@@ -61,10 +61,11 @@ def sink():
     controller = Controller(handler, hostname="127.0.0.1", port=free_port(), data_size_limit=None)
     controller.start()
     handler.port = controller.port
+    handler.controller = controller
     try:
         yield handler
     finally:
-        controller.stop()
+        handler.controller.stop()
 
 
 class Filtermail:
@@ -231,6 +232,25 @@ def test_reinject_refusal_code_and_text_are_passed_on(outgoing, sink):
     with pytest.raises(smtplib.SMTPDataError) as e:
         outgoing.send(read("encrypted.eml"))
     assert (e.value.smtp_code, e.value.smtp_error) == (554, b"5.7.1 Rejected by policy")
+
+
+def test_message_after_a_refused_one_passes_on_the_same_reinject_session(outgoing, sink):
+    sink.refuse_data = "451 4.3.0 Queue file write error"
+    with pytest.raises(smtplib.SMTPDataError):
+        outgoing.send(read("encrypted.eml"))
+    sink.refuse_data = None
+    outgoing.send(read("encrypted.eml"))
+    assert len(sink.received) == 1
+
+
+def test_reinject_reconnects_once_postfix_closed_the_idle_connection(outgoing, sink):
+    outgoing.send(read("encrypted.eml"))
+    # Restart the listener on the same port: the pooled connection is now dead.
+    sink.controller.stop()
+    sink.controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
+    sink.controller.start()
+    outgoing.send(read("encrypted.eml"))
+    assert len(sink.received) == 2
 
 
 def test_refused_recipient_at_reinject_refuses_the_whole_message(outgoing, sink):
