@@ -373,3 +373,22 @@ def test_random_bytes_never_pass_and_never_crash_the_proxy(fuzz_target, data):
         assert client.noop()[0] == 250
     assert handler.received == []
     assert fm.proc.poll() is None
+
+
+def vm_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_30_mib_message_costs_the_proxy_little_more_than_its_size(outgoing, sink):
+    rng = random.Random(30)
+    payload = packet(1, rng.randbytes(270)) + partial_packet(18, rng.randbytes(21 << 20), chunk_power=13)
+    data = pgp_mime(armor(payload, crc=False))
+    assert len(data) > 28 << 20
+    before = vm_hwm(outgoing.proc.pid)
+    outgoing.send(data)
+    assert sink.received[0][2] == data
+    assert vm_hwm(outgoing.proc.pid) - before < 1.5 * len(data)
