@@ -56,6 +56,9 @@ def up_cmd(args) -> int:
         return _fail(f"lab up failed: {e}\n(`cmdeploy lab down` removes what was started)")
     base = "built the Debian base" if info["base_built"] else "reused the cached Debian base"
     print(f"lab up in {info['seconds']:.1f} s ({base})")
+    for name, state in info["boot"].items():
+        if state != "running":
+            print(f"{name}: {state}; `cmdeploy lab ssh {name} journalctl -b` tells why")
     _print_status(lab)
     return 0
 

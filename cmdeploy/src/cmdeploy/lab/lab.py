@@ -231,6 +231,8 @@ class Lab:
         dns.parse_zone(domain, zone_text)
         with self._locked():
             state = self._load()
+            if "dnsmasq" not in state["procs"]:
+                raise LabError("the lab is not up: run `cmdeploy lab up` first")
             self._write_zone(domain, zone_text)
             # dnsmasq rereads only hosts files on SIGHUP, so records need a restart.
             self._ensure_dnsmasq(state, restart=True)
@@ -434,6 +436,12 @@ class Lab:
                 bar.update(f"waiting for {h.name} ({h.ip})")
                 log = self.log_dir / f"{h.name}.console.log"
                 result[h.name] = host.wait_booted(h, rec["nspawn"], self.ssh_argv(h.name), log)
+                if result[h.name] == "degraded":
+                    failed = self.ssh_run(
+                        h.name, "systemctl --failed --no-legend --plain", check=False
+                    )
+                    units = " ".join(line.split()[0] for line in failed.stdout.splitlines() if line)
+                    result[h.name] = f"degraded (failed units: {units or 'none listed'})"
                 init = host.init_pid(rec["nspawn"]["pid"])
                 if init:
                     rec["init"] = {"pid": init, "start": proc_start_time(init), "argv": ["init"]}

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .util import run
+from .util import LabError, run
 
 NETNS_ETC = Path("/etc/netns")
 
@@ -32,7 +32,12 @@ def ensure_bridge(name: str, address: str) -> bool:
     """Create the bridge with its address (CIDR) unless it exists; return whether it was made."""
     created = False
     if not link_exists(name):
-        run(["ip", "link", "add", name, "type", "bridge"])
+        proc = run(["ip", "link", "add", name, "type", "bridge"], check=False)
+        if proc.returncode != 0:
+            raise LabError(
+                f"cannot create the lab bridge {name} ({proc.stderr.strip()}); the kernel "
+                "needs bridge and veth support (modprobe bridge veth)"
+            )
         created = True
     addrs = run(["ip", "-j", "addr", "show", "dev", name]).stdout
     have = {

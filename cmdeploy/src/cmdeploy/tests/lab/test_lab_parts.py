@@ -75,3 +75,8 @@ def test_lab_subcommands_parse():
     assert args.name == "relay1" and args.remote == ["systemctl", "status"]
     for cmd in ("status", "down"):
         assert parser.parse_args(["lab", cmd]).lab_command == cmd
+
+
+def test_loading_a_zone_needs_a_running_lab(tmp_path):
+    with pytest.raises(LabError, match="lab up"):
+        labmod.Lab(state_dir=tmp_path).load_zone("_r.lab", "_r.lab. 3600 IN A 10.77.0.11\n")
