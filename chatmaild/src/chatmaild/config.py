@@ -109,6 +109,20 @@ def _url(text: str) -> str:
     return value
 
 
+def _forward_zones(text: str) -> tuple[tuple[str, str], ...]:
+    zones = []
+    for item in text.split():
+        zone, sep, server = item.partition("@")
+        if (
+            not sep
+            or not re.match(r"^[a-z0-9_.-]+$", zone)
+            or not re.match(r"^[0-9a-f.:]+$", server)
+        ):
+            raise ValueError(f"expected ZONE@IP items like 'lab@10.77.0.1', got {item!r}")
+        zones.append((zone.strip("."), server))
+    return tuple(zones)
+
+
 def _cert_and_key(text: str) -> tuple[Path, Path] | None:
     parts = text.split()
     if not parts:
@@ -156,6 +170,7 @@ _KEYS: dict[str, tuple] = {
     "privacy_supervisor": (_str, ""),
     "mailboxes_dir": (_abs_path, None),
     "nocreate_file": (_abs_path, "/etc/chatmail-nocreate"),
+    "dns_forward_zones": (_forward_zones, ""),
 }
 
 
@@ -198,6 +213,7 @@ class Config:
     privacy_supervisor: str
     mailboxes_dir: Path
     nocreate_file: Path
+    dns_forward_zones: tuple[tuple[str, str], ...]
     config_path: Path | None = None
     unknown_keys: tuple[str, ...] = field(default=())
 

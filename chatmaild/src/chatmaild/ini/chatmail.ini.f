@@ -101,3 +101,7 @@ privacy_supervisor =
 #postfix_reinject_port_incoming = 10026
 #mailboxes_dir = /home/vmail/mail/{mail_domain}
 #nocreate_file = /etc/chatmail-nocreate
+
+# Private DNS zones the relay's resolver asks a given server for, without DNSSEC,
+# as ZONE@IP items (used by the local lab: lab@10.77.0.1).
+#dns_forward_zones =

@@ -63,6 +63,10 @@ def test_values_are_parsed_into_types():
     assert config.tls_cert_mode == "external"
     assert config.tls_cert_path == Path("/etc/c.pem")
     assert config.tls_key_path == Path("/etc/k.pem")
+    assert make(dns_forward_zones="lab@10.77.0.1 test.@::1").dns_forward_zones == (
+        ("lab", "10.77.0.1"),
+        ("test", "::1"),
+    )
 
 
 def test_underscore_domain_is_self_signed():
@@ -85,6 +89,8 @@ def test_underscore_domain_is_self_signed():
         ("tls_external_cert_and_key", "relative.pem /k.pem"),
         ("notification_url", "notifications.example.org"),
         ("mailboxes_dir", "relative/dir"),
+        ("dns_forward_zones", "lab"),
+        ("dns_forward_zones", "lab@not-an-ip"),
     ],
 )
 def test_wrong_value_names_key_and_value(key, value):
