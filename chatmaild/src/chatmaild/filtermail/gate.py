@@ -87,6 +87,9 @@ def is_encrypted(msg: Message, incoming: bool) -> bool:
     """RFC 3156 §4 PGP/MIME with an encrypted OpenPGP message inside (reference §3.3)."""
     if msg.content_type is None or msg.content_type.mime_type != "multipart/encrypted":
         return False
+    # RFC 2045 §6.4: a multipart entity is never transfer-encoded.
+    if not mime.has_identity_encoding(msg.headers):
+        return False
     mp = msg.multipart()
     if mp is None or len(mp.parts) != 2:
         return False

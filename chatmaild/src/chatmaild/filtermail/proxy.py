@@ -37,6 +37,9 @@ _WRITE_CHUNK = 1 << 16
 _PLAIN_PATH = re.compile(r"^\s*<([A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+)>\s*(.*)$")
 
 
+_KNOWN_MAIL_PARAM = re.compile(r"^(SIZE=|BODY=|SMTPUTF8$)", re.IGNORECASE)
+
+
 class GateSMTP(SMTP):
     """aiosmtpd's SMTP with a DATA reader that keeps one buffer per message.
 
@@ -55,6 +58,19 @@ class GateSMTP(SMTP):
         if m:
             return m.group(1), m.group(2)
         return super()._getaddr(arg)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        # Keep what aiosmtpd knows (SIZE, BODY, SMTPUTF8); drop DSN's RET and ENVID
+        # (RFC 3461) and anything else Postfix passes through, instead of a 555.
+        if arg:
+            stripped = self._strip_command_keyword("FROM:", arg)
+            if stripped is not None:
+                address, params = self._getaddr(stripped)
+                if address and params:
+                    kept = [p for p in params.split() if _KNOWN_MAIL_PARAM.match(p)]
+                    path = "<>" if address == "<>" else f"<{address}>"
+                    arg = " ".join([f"FROM:{path}", *kept])
+        await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if arg:
@@ -417,8 +433,9 @@ async def serve(config: Config, mode: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     print("entering serving loop", file=sys.stderr, flush=True)
     await stop.wait()
+    # Not waiting for open sessions: one cut mid-transaction never got a 250, so
+    # Postfix keeps the message and retries.
     server.close()
-    await server.wait_closed()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -361,6 +361,10 @@ def corpus() -> dict[str, bytes]:
         pgp_mime(ok, preamble=b"Buy viagra! " * 200 + b"\r\n"),
     )
     f("attack-boundary-lookalike.eml", pgp_mime(ok, preamble=b"--bnd-Enc1 Buy viagra!\r\n"))
+    f(
+        "attack-multipart-transfer-encoded.eml",
+        pgp_mime(ok, extra=["Content-Transfer-Encoding: base64"]),
+    )
     two_ct = pgp_mime(ok).replace(
         b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n", 1
     )

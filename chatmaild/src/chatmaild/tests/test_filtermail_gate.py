@@ -73,6 +73,7 @@ CORPUS = {
     "attack-big-preamble.eml": (ENC, ENC),
     "attack-boundary-lookalike.eml": (ENC, ENC),
     "attack-two-content-types.eml": (ENC, ENC),
+    "attack-multipart-transfer-encoded.eml": (ENC, ENC),
     "attack-pgp-text-in-plain.eml": (ENC, ENC),
     "attack-lf-only.eml": (ENC, ENC),
     "attack-8bit-body.eml": (ENC, ENC),

@@ -315,6 +315,15 @@ def test_rcpt_parameters_are_accepted_and_ignored(outgoing, sink):
     assert sink.received[0][1] == [BOB]
 
 
+def test_dsn_parameters_are_accepted_and_ignored(outgoing, sink):
+    with smtplib.SMTP("127.0.0.1", outgoing.port, timeout=30) as client:
+        client.ehlo()
+        assert client.mail(ALICE, ["RET=HDRS", "ENVID=QQ314159", "BODY=8BITMIME"])[0] == 250
+        assert client.rcpt(BOB, ["NOTIFY=NEVER"])[0] == 250
+        assert client.data(read("encrypted.eml"))[0] == 250
+    assert sink.received[0][:2] == (ALICE, [BOB])
+
+
 def test_lines_starting_with_a_dot_survive_unchanged(incoming, sink):
     data = plain(".\n..\n.hidden\nend", to="carol@example.org")
     incoming.send(data, mail_from="x@example.net", rcpts=["carol@example.org"])
@@ -385,7 +394,9 @@ def vm_hwm(pid: int) -> int:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 def test_30_mib_message_costs_the_proxy_little_more_than_its_size(outgoing, sink):
     rng = random.Random(30)
-    payload = packet(1, rng.randbytes(270)) + partial_packet(18, rng.randbytes(21 << 20), chunk_power=13)
+    payload = packet(1, rng.randbytes(270)) + partial_packet(
+        18, rng.randbytes(21 << 20), chunk_power=13
+    )
     data = pgp_mime(armor(payload, crc=False))
     assert len(data) > 28 << 20
     before = vm_hwm(outgoing.proc.pid)
