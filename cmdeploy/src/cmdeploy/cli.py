@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("CHATMAIL_INI", "chatmail.ini")),
         help="path to chatmail.ini (default: $CHATMAIL_INI or ./chatmail.ini)",
     )
+    parser.add_argument(
+        "--ssh-config",
+        type=Path,
+        default=os.environ.get("CHATMAIL_SSH_CONFIG") or None,
+        help="ssh_config file for reaching the relay (the lab writes one)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -73,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Each module adds its subcommands with register(subparsers); keeping them apart lets
 # every component own its command without touching this file.
 SUBCOMMAND_MODULES = [
+    "cmdeploy.run",
     "cmdeploy.www",
     "cmdeploy.lab.cli",
 ]

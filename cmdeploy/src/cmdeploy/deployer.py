@@ -1,0 +1,124 @@
+"""The deployer base: each component installs, configures and activates itself.
+
+``cmdeploy run`` runs every deployer's ``install`` (packages, users; needs no config), then
+every ``configure`` (renders the component's templates beside its code), then every
+``activate`` (validates the config and restarts a service only when one of its files
+changed). Each stage is pyinfra operations, so a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from chatmaild.config import Config
+from pyinfra.operations import files, server, systemd
+
+
+class DeployError(Exception):
+    """The deploy cannot go on; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """How this run was asked for (``cmdeploy run`` flags)."""
+
+    disable_mail: bool = False
+    website_only: bool = False
+    # The machine is a container: kernel settings are the host's business.
+    container: bool = False
+
+
+class Deployer:
+    """One component of the relay; subclasses keep their templates in their own folder."""
+
+    name = "component"
+    # Folder that holds this component's templates (set by subclasses to Path(__file__).parent).
+    templates: Path | None = None
+
+    def __init__(self, config: Config, options: DeployOptions):
+        self.config = config
+        self.options = options
+        self._changes: list = []
+
+    # Stages; the default is to do nothing.
+
+    def install(self) -> None:
+        pass
+
+    def configure(self) -> None:
+        pass
+
+    def activate(self) -> None:
+        pass
+
+    # Helpers for subclasses.
+
+    def render(self, template: str, **extra) -> str:
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(self.templates)),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+        )
+        return env.get_template(template).render(config=self.config, **extra)
+
+    def put_template(self, template: str, dest: str, mode: str = "644", user="root", group="root",
+                     **extra):  # fmt: skip
+        """Render ``template`` to ``dest``; a change marks this component for restart."""
+        text = self.render(template, **extra)
+        return self.put_text(text, dest, mode=mode, user=user, group=group)
+
+    def put_text(self, text: str, dest: str, mode: str = "644", user="root", group="root"):
+        op = files.put(
+            name=f"{self.name}: {dest}",
+            src=as_file(text),
+            dest=dest,
+            mode=mode,
+            user=user,
+            group=group,
+        )
+        self._changes.append(op)
+        return op
+
+    def track(self, op):
+        """Count ``op`` among the changes that require a restart."""
+        self._changes.append(op)
+        return op
+
+    def changed(self) -> bool:
+        """Whether any tracked operation changed something (callable for pyinfra ``_if``)."""
+        return any(op.did_change() for op in self._changes)
+
+    def stop_and_disable(self, service: str):
+        """For ``--disable-mail``: installed and configured, but not running."""
+        return systemd.service(name=f"{self.name}: stop and disable {service}", service=service,
+                               running=False, enabled=False)  # fmt: skip
+
+    def check_then_restart(self, service: str, check: str | None = None, enabled: bool = True):
+        """Validate the config with ``check`` and restart ``service`` if a file changed;
+        make sure it is running and enabled either way."""
+        if check:
+            server.shell(name=f"{self.name}: check config ({check})", commands=[check],
+                         _if=self.changed)  # fmt: skip
+        systemd.service(
+            name=f"{self.name}: restart {service}",
+            service=service,
+            running=True,
+            restarted=True,
+            enabled=enabled,
+            daemon_reload=True,
+            _if=self.changed,
+        )
+        systemd.service(
+            name=f"{self.name}: {service} running",
+            service=service,
+            running=True,
+            enabled=enabled,
+        )
+
+
+def as_file(text: str) -> io.BytesIO:
+    """File-like content for ``files.put``."""
+    return io.BytesIO(text.encode())

@@ -1,0 +1,38 @@
+"""Postfix: SMTP in (25) and submission (587, 465) with the encryption gate in front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyinfra.operations import apt, server
+
+from cmdeploy.deployer import Deployer
+
+MAPS = ["login_map", "submission_header_cleanup", "lmtp_header_cleanup", "smtp_tls_policy_map"]
+
+
+class PostfixDeployer(Deployer):
+    name = "postfix"
+    templates = Path(__file__).parent
+
+    def install(self) -> None:
+        # Our main.cf replaces whatever debconf would set up.
+        apt.packages(name="postfix: packages", packages=["postfix"],
+                     _env={"DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        server.user(name="postfix: may use the OpenDKIM socket", user="postfix",
+                    groups=["opendkim"], append=True)  # fmt: skip
+
+    def configure(self) -> None:
+        self.put_template("main.cf.j2", "/etc/postfix/main.cf")
+        self.put_template("master.cf.j2", "/etc/postfix/master.cf")
+        for name in MAPS:
+            self.put_template(name, f"/etc/postfix/{name}")
+
+    def activate(self) -> None:
+        if self.options.disable_mail:
+            self.stop_and_disable("postfix")
+            return
+        # Warnings of postconf mean a setting is wrong or unknown: fail before restarting.
+        self.check_then_restart(
+            "postfix", check="postfix check && ! postconf -n 2>&1 >/dev/null | grep -q warning"
+        )

@@ -1,0 +1,175 @@
+"""``cmdeploy run``: checks that nothing is in the way, then pyinfra deploys the relay."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from chatmaild.config import Config
+
+from cmdeploy.remote import Remote, RemoteError
+
+REPO = Path(__file__).resolve().parents[3]
+
+# Ports the relay listens on -> the programs allowed to hold them already.
+PORTS = {
+    25: "master", 587: "master", 465: "master", 143: "dovecot", 993: "dovecot",
+    80: "nginx", 443: "nginx", 8443: "nginx", 53: "unbound",
+}  # fmt: skip
+
+
+class PrecheckError(Exception):
+    """The relay host is not ready; nothing was changed. The message says what to fix."""
+
+
+def remote_for(args, config: Config) -> Remote:
+    return Remote(args.ssh_host or config.mail_domain, ssh_config=args.ssh_config)
+
+
+def port_conflicts(remote: Remote, config: Config) -> list[str]:
+    """Listening ports of the relay held by a program that is not ours."""
+    wanted = dict(PORTS)
+    for port in (config.filtermail_smtp_port, config.filtermail_smtp_port_incoming):
+        wanted[port] = "filtermail"
+    for port in (config.postfix_reinject_port, config.postfix_reinject_port_incoming):
+        wanted[port] = "master"
+    out = remote.run("ss -Hltnp", check=False).stdout
+    problems = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        port = int(fields[3].rsplit(":", 1)[-1]) if fields[3].rsplit(":", 1)[-1].isdigit() else 0
+        owner = line.split('(("', 1)[1].split('"', 1)[0] if '(("' in line else "?"
+        expected = wanted.get(port)
+        if expected and owner not in (expected, "python3", "python", "filtermail", "systemd"):
+            problems.append(f"port {port} is used by {owner!r} (expected none or {expected})")
+    return sorted(set(problems))
+
+
+def precheck(remote: Remote, config: Config, skip_dns: bool) -> None:
+    try:
+        os_release = remote.run("cat /etc/os-release").stdout
+    except RemoteError as e:
+        raise PrecheckError(f"{e}\nMake sure 'ssh root@{remote.host}' works with a key.") from None
+    if "bookworm" not in os_release:
+        raise PrecheckError(f"{remote.host} is not Debian 12 (bookworm); the relay needs it")
+    conflicts = port_conflicts(remote, config)
+    if conflicts:
+        raise PrecheckError(
+            "ports needed by the relay are taken: " + "; ".join(conflicts)
+            + ". Stop or remove those programs, then run again."
+        )  # fmt: skip
+    if not skip_dns:
+        check = f"getent ahosts {config.mail_domain} >/dev/null"
+        if remote.run(check, check=False).returncode != 0:
+            raise PrecheckError(
+                f"{config.mail_domain} has no A/AAAA record: point it at the server "
+                "(or use --skip-dns-check to deploy anyway)"
+            )
+
+
+def build_wheel(out_dir: Path) -> Path:
+    """Build chatmaild reproducibly, so that an unchanged package uploads nothing."""
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out_dir),
+         str(REPO / "chatmaild")],
+        check=True, env=env, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = out_dir.glob("chatmaild-*.whl")
+    return wheel
+
+
+def constraints() -> str:
+    """Exact versions of what chatmaild needs, as installed here (pins for the relay)."""
+    out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return "".join(line + "\n" for line in sorted(out.splitlines()) if "==" in line)
+
+
+def version() -> str:
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True
+        ).stdout
+
+    rev = git("rev-parse", "HEAD").strip() or "unknown"
+    return rev + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+
+
+def run_deploy(args, config: Config) -> int:
+    """Everything ``cmdeploy run`` does after parsing its arguments."""
+    from cmdeploy.www import check_privacy
+
+    check_privacy(config)
+    remote = remote_for(args, config)
+    print(f"checking {remote.host} ...", flush=True)
+    precheck(remote, config, skip_dns=args.skip_dns_check)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="cmdeploy-") as tmp:
+        tmp = Path(tmp)
+        print("building chatmaild ...", flush=True)
+        wheel = build_wheel(tmp / "dist")
+        (tmp / "constraints.txt").write_text(constraints())
+        env = {
+            **os.environ,
+            "CHATMAIL_INI": str(config.config_path.resolve()),
+            "CHATMAIL_WHEEL": str(wheel),
+            "CHATMAIL_CONSTRAINTS": str(tmp / "constraints.txt"),
+            "CHATMAIL_VERSION": version(),
+            "CHATMAIL_DISABLE_MAIL": "1" if args.disable_mail else "",
+            "CHATMAIL_WEBSITE_ONLY": "1" if args.website_only else "",
+        }
+        argv = [
+            str(Path(sys.executable).parent / "pyinfra"), "-y",
+            str(remote.pyinfra_inventory(tmp)), str(Path(__file__).parent / "deploy.py"),
+        ]  # fmt: skip
+        if args.dry_run:
+            argv.insert(2, "--dry")
+        if args.verbose:
+            argv.insert(2, "-vv")
+        proc = subprocess.run(argv, env=env)
+    if proc.returncode != 0:
+        print(f"deploy failed (pyinfra exit {proc.returncode}); fix the error above and run again",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"deploy of {config.mail_domain} completed in {time.monotonic() - started:.0f}s")
+    if not args.dry_run:
+        print("next: 'cmdeploy dns' shows the DNS records to set, 'cmdeploy status' the services")
+    return 0
+
+
+def run_cmd(args) -> int:
+    from cmdeploy.cli import fail, load_config
+    from cmdeploy.www import PrivacyContactError, WebsiteError
+
+    config = load_config(args)
+    try:
+        return run_deploy(args, config)
+    except (PrecheckError, RemoteError, PrivacyContactError, WebsiteError) as e:
+        return fail(f"nothing was changed: {e}")
+
+
+def add_ssh_host(parser) -> None:
+    parser.add_argument("--ssh-host", help="connect to this host instead of mail_domain")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("run", help="deploy or update the relay over SSH")
+    p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument(
+        "--disable-mail",
+        action="store_true",
+        help="install everything but keep Postfix and Dovecot stopped (migration)",
+    )
+    p.add_argument(
+        "--website-only", action="store_true", help="only rebuild and upload the web page"
+    )
+    p.add_argument("--skip-dns-check", action="store_true", help="deploy even without an A record")
+    add_ssh_host(p)
+    p.set_defaults(func=run_cmd)
