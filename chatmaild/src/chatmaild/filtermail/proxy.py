@@ -44,9 +44,10 @@ class GateSMTP(SMTP):
     """aiosmtpd's SMTP with a DATA reader that keeps one buffer per message.
 
     aiosmtpd 1.4.6 keeps every DATA line as its own object and then joins them, which
-    costs about three times the message size; here lines go straight into one bytearray.
-    RCPT TO parameters (NOTIFY, ORCPT, RFC 3461) are accepted and ignored, since Postfix
-    passes them through and the reinject hop does not need them.
+    costs about three times the message size; here data is read in bulk into one
+    bytearray. DSN parameters (RFC 3461 NOTIFY, ORCPT, RET, ENVID) are accepted and
+    dropped, since Postfix passes them through and the reinject hop does not need them.
+    Relies on aiosmtpd internals (``_reader``, ``_getaddr``), hence the pinned version.
     """
 
     line_length_limit = READ_LIMIT
@@ -285,14 +286,20 @@ class Reinjector:
         mail_cmd = f"MAIL FROM:<{mail_from}>{params}".encode()
         conn = self._take_idle()
         if conn is not None:
+            # A dropped idle connection or a 421: nothing was accepted, start afresh.
             try:
                 await _command(conn, mail_cmd, 250)
-            except (OSError, asyncio.IncompleteReadError, ReinjectError) as e:
-                # 421 or a dropped idle connection: nothing was accepted, start afresh.
+            except (OSError, asyncio.IncompleteReadError):
                 conn.close()
-                if isinstance(e, ReinjectError) and not e.reply.startswith("421"):
+                conn = None
+            except ReinjectError as e:
+                conn.close()
+                if not e.reply.startswith("421"):
                     raise
                 conn = None
+            except BaseException:
+                conn.close()
+                raise
         if conn is None:
             conn = await self._connect()
             try:
@@ -434,7 +441,7 @@ async def serve(config: Config, mode: str) -> None:
     print("entering serving loop", file=sys.stderr, flush=True)
     await stop.wait()
     # Not waiting for open sessions: one cut mid-transaction never got a 250, so
-    # Postfix keeps the message and retries.
+    # Postfix answers its client with a temporary error and the client retries.
     server.close()
 
 

@@ -7,6 +7,7 @@ the oracle (it refuses ambiguity) but must never accept what the oracle refuses.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import email
@@ -208,3 +209,61 @@ def test_packet_walk_equals_the_oracle_and_any_truncation_fails(spec, cut):
     if expected and cut:
         truncated = payload[: max(0, len(payload) - cut)]
         assert not openpgp.is_encrypted_payload(truncated)
+
+
+# The proxy's bulk DATA reader (RFC 5321 §4.5.2) against every way TCP may split it.
+
+lines = st.lists(
+    st.sampled_from(
+        [b"", b".", b"..", b".x", b"x.", b"abc", b"\r", b"a\rb", b"\n", b"." * 5, b"x" * 40]
+    ),
+    max_size=30,
+)
+
+
+def stuff(content_lines: list[bytes]) -> bytes:
+    return b"".join(
+        (b"." + line if line.startswith(b".") else line) + b"\r\n" for line in content_lines
+    )
+
+
+def read_data(wire: bytes, cuts: list[int], limit: int | None = None) -> tuple[bytes | None, bytes]:
+    from chatmaild.filtermail.proxy import GateSMTP
+
+    async def run():
+        smtp = GateSMTP(object(), data_size_limit=limit, loop=asyncio.get_running_loop())
+        reader = asyncio.StreamReader(limit=16)
+        smtp._reader = reader
+
+        async def feed():
+            pos = 0
+            for cut in sorted(set(cuts)) + [len(wire)]:
+                reader.feed_data(wire[pos:cut])
+                pos = max(pos, cut)
+                await asyncio.sleep(0)
+            reader.feed_eof()
+
+        feeder = asyncio.ensure_future(feed())
+        content = await smtp._read_content()
+        await feeder
+        return content, await reader.read()
+
+    content, rest = asyncio.run(run())
+    return (None if content is None else bytes(content)), rest
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines, st.lists(st.integers(0, 400), max_size=8))
+def test_data_reader_undoes_dot_stuffing_and_stops_at_the_lone_dot(content_lines, cuts):
+    expected = b"".join(line + b"\r\n" for line in content_lines)
+    wire = stuff(content_lines) + b".\r\nQUIT\r\n"
+    content, rest = read_data(wire, [c for c in cuts if c < len(wire)])
+    assert content == expected
+    assert rest == b"QUIT\r\n"
+
+
+def test_data_reader_refuses_oversize_but_stays_in_sync():
+    wire = stuff([b"x" * 50] * 10) + b".\r\nNOOP\r\n"
+    content, rest = read_data(wire, [7, 100, 333], limit=200)
+    assert content is None
+    assert rest == b"NOOP\r\n"
