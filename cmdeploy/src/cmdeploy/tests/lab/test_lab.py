@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,6 +111,21 @@ def test_client_namespace_resolves_lab_hosts(lab):
     assert float(lab.client_ns_python(code, check=True).stdout) < 1.0
     ssh = lab.client_ns_run(["bash", "-c", f"</dev/tcp/{lab.hosts()[0].domain}/22"], timeout=10)
     assert ssh.returncode == 0
+
+
+def test_client_namespace_runs_probes_and_wrapped_programs(lab, tmp_path):
+    relay2 = lab.hosts()[1]
+    code = (
+        "import socket\n"
+        f"s = socket.create_connection(('{relay2.domain}', 22), timeout=5)\n"
+        "print(s.recv(64).decode().strip())\n"
+    )
+    assert lab.client_ns_python(code, check=True).stdout.startswith("SSH-2.0-OpenSSH")
+    # How Delta Chat tests run the real client there: Rpc(rpc_server_path=wrapper).
+    rpc_server = Path(sys.executable).parent / "deltachat-rpc-server"
+    wrapper = lab.client_ns_wrapper(str(rpc_server), tmp_path / "rpc-server")
+    version = subprocess.run([wrapper, "--version"], capture_output=True, text=True, check=True)
+    assert re.match(r"\d+\.\d+", version.stderr.strip())
 
 
 def test_loaded_zone_is_served_with_soa_and_ns(lab):
