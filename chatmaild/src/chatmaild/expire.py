@@ -184,6 +184,8 @@ def _rmtree(path: Path) -> None:
 
 
 def _run(config: Config, args, messages: bool) -> Summary:
+    if not config.mailboxes_dir.is_dir():
+        sys.exit(f"mailboxes_dir {config.mailboxes_dir} does not exist; check chatmail.ini")
     started = time.monotonic()
     now = time.time() - args.days * DAY
     expiry = Expiry(config, now, args.remove, args.verbose, messages=messages)

@@ -216,3 +216,10 @@ def test_expiry_uses_the_given_now(tmp_path):
     msg = md.message(alice, 21)
     assert doomed_paths(config, now) == {str(msg)}
     assert doomed_paths(config, now - 2 * DAY) == set()
+
+
+def test_missing_mailboxes_dir_is_reported(tmp_path):
+    ini, mailboxes = write_ini(tmp_path)
+    mailboxes.rmdir()
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([str(ini)])

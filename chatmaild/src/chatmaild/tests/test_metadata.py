@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,30 @@ def test_messagenew_commit_does_not_wait_for_a_dead_push_server(service):
     assert reply == ["O9"]
     assert dict_request(sock, [f"L{TOKEN_KEY}\t{ADDR}"], 1) == ["Otok"]
     assert len(os.listdir(mailboxes / "pending_notifications")) == 7
+
+
+def test_service_start_sends_what_a_previous_run_left_queued(tmp_path):
+    mailboxes = tmp_path / "mail"
+    queue = mailboxes / "pending_notifications"
+    queue.mkdir(parents=True)
+    (queue / "0123abcd").write_text(f"{ADDR}\n{time.time()}\nleft-over-token")
+    with PushServer() as server:
+        ini = tmp_path / "chatmail.ini"
+        ini.write_text(
+            f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mailboxes}\n"
+            f"notification_url = {server.url}\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chatmaild.metadata", str(tmp_path / "s"), str(ini)],
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_until(lambda: not os.listdir(queue), "queue to drain")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+        assert server.received() == ["left-over-token"]
 
 
 def test_service_exits_when_mailboxes_dir_is_missing(tmp_path):
