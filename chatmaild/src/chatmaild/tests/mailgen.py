@@ -213,6 +213,10 @@ def corpus() -> dict[str, bytes]:
         "encrypted-display-name.eml",
         pgp_mime(ok, from_addr='"Alice (phone)" <alice@example.org> (comment)'),
     )
+    f(
+        "encrypted-8bit-headers.eml",
+        pgp_mime(ok, from_addr="Jörg Ünal <alice@example.org>", subject="Grüße"),
+    )
     f("literal.eml", pgp_mime(armor(packet(11, b"b\x08file.txt\x00\x00\x00\x00Hello, cleartext"))))
     mdn_parts = [
         text_part("The message was displayed."),
@@ -409,6 +413,10 @@ def corpus() -> dict[str, bytes]:
     f(
         "attack-unquoted-display-name-address.eml",
         pgp_mime(ok, from_addr="alice@example.org <mallory@evil.example>"),
+    )
+    f(
+        "attack-text-after-angle.eml",
+        pgp_mime(ok, from_addr="<alice@example.org> mallory@evil.example"),
     )
     f("attack-from-list.eml", pgp_mime(ok, from_addr="alice@example.org, mallory@evil.example"))
     f("attack-from-group.eml", pgp_mime(ok, from_addr="friends: alice@example.org;"))
