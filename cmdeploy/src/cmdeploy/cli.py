@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 # every component own its command without touching this file.
 SUBCOMMAND_MODULES = [
     "cmdeploy.run",
+    "cmdeploy.dnsrecords",
+    "cmdeploy.status",
     "cmdeploy.www",
     "cmdeploy.lab.cli",
 ]
