@@ -1,7 +1,7 @@
 """The local lab: Debian 12 hosts on a private bridge, with lab DNS, proxy and a client netns.
 
 Everything the lab starts or creates is written to a state file first-hand (PIDs with their
-start times, link and namespace names, mounts), and `down` removes exactly those.
+start times, link and namespace names, each host's mount), and `down` removes exactly those.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Lab:
     def _load(self) -> dict:
         if self.state_file.exists():
             return json.loads(self.state_file.read_text())
-        return {"hosts": {}, "procs": {}, "links": [], "netns": [], "mounts": [], "sysctl": {}}
+        return {"hosts": {}, "procs": {}, "links": [], "netns": [], "sysctl": {}}
 
     def _save(self, state: dict) -> None:
         tmp = self.state_file.with_suffix(".tmp")
@@ -117,6 +117,7 @@ class Lab:
         with self._locked():
             state = self._load()
             self._raise_inotify(state)
+            self._save(state)
             base, built = ensure_base(self.cache_dir)
             self._ensure_key()
             if net.ensure_bridge(self.bridge, f"{self.dns_ip}/24"):
