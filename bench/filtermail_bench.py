@@ -17,7 +17,6 @@ import asyncio
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,9 @@ async def _sink_session(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 
 async def _run_sink(port: int) -> None:
-    server = await asyncio.start_server(_sink_session, "127.0.0.1", port, limit=64 << 20, backlog=1024)
+    server = await asyncio.start_server(
+        _sink_session, "127.0.0.1", port, limit=64 << 20, backlog=1024
+    )
     print("sink ready", flush=True)
     async with server:
         await server.serve_forever()
@@ -85,7 +86,12 @@ async def _send_one(port: int, data: bytes) -> float:
                     return line
 
         await reply()
-        for cmd in (b"EHLO bench", f"MAIL FROM:<{ALICE}>".encode(), f"RCPT TO:<{BOB}>".encode(), b"DATA"):
+        for cmd in (
+            b"EHLO bench",
+            f"MAIL FROM:<{ALICE}>".encode(),
+            f"RCPT TO:<{BOB}>".encode(),
+            b"DATA",
+        ):
             writer.write(cmd + b"\r\n")
             line = await reply()
             if line[:1] not in (b"2", b"3"):
@@ -174,8 +180,12 @@ def scenario(name: str, data: bytes, total: int, clients: int, sink_port: int) -
         finally:
             proc.terminate()
             proc.wait(10)
-    print(f"\n{name}: {len(data) / 1024:.0f} KiB encrypted, {total} messages, {clients} concurrent clients")
-    print(f"  throughput           {total / elapsed:8.1f} msg/s  ({total * len(data) / elapsed / 2**20:.1f} MiB/s)")
+    print(
+        f"\n{name}: {len(data) / 1024:.0f} KiB encrypted, {total} messages, {clients} concurrent clients"
+    )
+    print(
+        f"  throughput           {total / elapsed:8.1f} msg/s  ({total * len(data) / elapsed / 2**20:.1f} MiB/s)"
+    )
     print(f"  latency under load   p50 {pct(lat, 50):7.1f} ms   p99 {pct(lat, 99):7.1f} ms")
     print(
         f"  added latency (1 client, proxy minus direct)  "
@@ -195,7 +205,9 @@ def main() -> None:
         asyncio.run(_run_sink(args.sink))
         return
     sink_port = free_port()
-    sink = subprocess.Popen([sys.executable, __file__, "--sink", str(sink_port)], stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(
+        [sys.executable, __file__, "--sink", str(sink_port)], stdout=subprocess.PIPE, text=True
+    )
     try:
         sink.stdout.readline()
         print(f"cpus: {os.cpu_count()}  python: {sys.version.split()[0]}")

@@ -46,7 +46,7 @@ class Message:
         self.content_type = mime.content_type_of(self.headers)
 
     def from_address(self) -> str:
-        """The single From: address (RFC 5322 §3.6.2: exactly one From field)."""
+        """The single From: address (RFC 5322 §3.6: exactly one From field)."""
         values = self.headers.get_all("from")
         if len(values) != 1:
             raise mime.AddressError(f"{len(values)} From: header fields")
