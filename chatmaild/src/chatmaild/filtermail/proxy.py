@@ -433,7 +433,10 @@ async def start(config: Config, mode: str, port: int | None = None) -> asyncio.S
 
 
 async def serve(config: Config, mode: str) -> None:
-    server = await start(config, mode)
+    try:
+        server = await start(config, mode)
+    except OSError as e:
+        raise SystemExit(f"filtermail: cannot listen on {HOST} ({mode}): {e}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -403,3 +403,35 @@ def test_30_mib_message_costs_the_proxy_little_more_than_its_size(outgoing, sink
     outgoing.send(data)
     assert sink.received[0][2] == data
     assert vm_hwm(outgoing.proc.pid) - before < 1.5 * len(data)
+
+
+def test_sigterm_stops_the_proxy_cleanly(outgoing):
+    outgoing.proc.terminate()
+    assert outgoing.proc.wait(10) == 0
+
+
+def test_missing_config_is_reported_in_one_line(tmp_path):
+    script = shutil.which("filtermail", path=str(Path(sys.executable).parent))
+    cmd = [script] if script else [sys.executable, "-m", "chatmaild.filtermail.proxy"]
+    res = subprocess.run(
+        [*cmd, str(tmp_path / "nope.ini"), "outgoing"], capture_output=True, text=True, timeout=30
+    )
+    assert res.returncode == 2
+    assert "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_busy_port_is_reported_without_traceback(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        ini = tmp_path / "busy.ini"
+        ini.write_text(
+            f"[params]\nmail_domain = example.org\nfiltermail_smtp_port = {s.getsockname()[1]}\n"
+        )
+        script = shutil.which("filtermail", path=str(Path(sys.executable).parent))
+        cmd = [script] if script else [sys.executable, "-m", "chatmaild.filtermail.proxy"]
+        res = subprocess.run(
+            [*cmd, str(ini), "outgoing"], capture_output=True, text=True, timeout=30
+        )
+    assert res.returncode != 0
+    assert "cannot listen" in res.stderr and "Traceback" not in res.stderr
