@@ -217,6 +217,13 @@ def corpus() -> dict[str, bytes]:
         "encrypted-8bit-headers.eml",
         pgp_mime(ok, from_addr="Jörg Ünal <alice@example.org>", subject="Grüße"),
     )
+    folded = pgp_mime(ok).replace(
+        b'"application/pgp-encrypted"; boundary', b'"application/pgp-encrypted";\r\n\tboundary', 1
+    )
+    f(
+        "encrypted-folded-content-type.eml",
+        folded.replace(b"Version: 1\r\n", b"Version: 1\r\n\r\n", 1),
+    )
     f("literal.eml", pgp_mime(armor(packet(11, b"b\x08file.txt\x00\x00\x00\x00Hello, cleartext"))))
     mdn_parts = [
         text_part("The message was displayed."),

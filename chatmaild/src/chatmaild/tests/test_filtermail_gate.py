@@ -37,6 +37,7 @@ CORPUS = {
     "encrypted-uppercase-from.eml": (OK, OK),
     "encrypted-display-name.eml": (OK, OK),
     "encrypted-8bit-headers.eml": (OK, OK),
+    "encrypted-folded-content-type.eml": (OK, OK),
     "literal.eml": (ENC, ENC),
     "mdn.eml": (ENC, ENC),
     "securejoin-vc.eml": (OK, OK),
