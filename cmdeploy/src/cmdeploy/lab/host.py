@@ -47,10 +47,8 @@ def mount_root(base: Path, host_dir: Path) -> tuple[Path, bool]:
     for d in (root, upper, work):
         d.mkdir(parents=True, exist_ok=True)
     opts = f"lowerdir={base},upperdir={upper},workdir={work}"
-    if (
-        run(["mount", "-t", "overlay", "overlay", "-o", opts, str(root)], check=False).returncode
-        == 0
-    ):
+    overlay = run(["mount", "-t", "overlay", "overlay", "-o", opts, str(root)], check=False)
+    if overlay.returncode == 0:
         return root, True
     # Some kernels or filesystems refuse overlayfs; a copy costs disk and seconds but works.
     shutil.rmtree(upper)
