@@ -1,0 +1,128 @@
+"""The rendered configuration files are accepted by the real programs that read them."""
+
+import shutil
+import subprocess
+
+import pytest
+from chatmaild.config import parse_config, render_initial_config
+
+from cmdeploy.deployer import DeployOptions
+from cmdeploy.dovecot.deployer import DovecotDeployer
+from cmdeploy.nginx.deployer import NginxDeployer
+from cmdeploy.opendkim.deployer import CHECK_OPENDKIM, OpenDKIMDeployer
+from cmdeploy.postfix.deployer import MAPS, PostfixDeployer
+from cmdeploy.unbound.deployer import UnboundDeployer
+
+
+def need(program):
+    if not shutil.which(program):
+        pytest.fail(f"{program} missing: scripts/test.sh installs it (scripts/test-packages.txt)")
+
+
+@pytest.fixture
+def cert(tmp_path):
+    key, crt = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-noenc", "-days", "2", "-subj", "/CN=x", "-keyout", key, "-out", crt],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return crt, key
+
+
+@pytest.fixture(
+    params=[{}, {"disable_ipv6": "true", "imap_compress": "true", "imap_rawlog": "true"}]
+)
+def config(request, cert):
+    overrides = {"tls_external_cert_and_key": f"{cert[0]} {cert[1]}", **request.param}
+    return parse_config(render_initial_config("chat.example.org", overrides))
+
+
+def test_dovecot_config_is_valid(config, tmp_path):
+    need("doveconf")
+    d = DovecotDeployer(config, DeployOptions())
+    text = d.render("dovecot.conf.j2", venv="/usr/local/lib/chatmaild/venv")
+    (tmp_path / "auth.conf").write_text(d.render("auth.conf.j2"))
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text(text.replace("/etc/dovecot/auth.conf", str(tmp_path / "auth.conf")))
+    out = subprocess.run(["doveconf", "-c", conf, "-n"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "imap_capability = +XDELTAPUSH XCHATMAIL" in out.stdout
+    assert "quota_rule = *:storage=500M" in out.stdout
+
+
+def test_postfix_config_is_valid(config, tmp_path):
+    need("postconf")
+    p = PostfixDeployer(config, DeployOptions())
+    (tmp_path / "main.cf").write_text(p.render("main.cf.j2"))
+    (tmp_path / "master.cf").write_text(p.render("master.cf.j2"))
+    out = subprocess.run(["postconf", "-c", tmp_path, "-n"], capture_output=True, text=True)
+    assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+    master = subprocess.run(["postconf", "-c", tmp_path, "-M"], capture_output=True, text=True)
+    assert master.returncode == 0 and "warning" not in master.stderr, master.stderr
+    services = {line.split()[0] for line in master.stdout.splitlines()}
+    assert {"smtp", "submission", "smtps", "127.0.0.1:10025", "127.0.0.1:10026"} <= services
+    assert "smtpd_proxy_filter=127.0.0.1:10080" in master.stdout
+    assert "smtpd_proxy_filter=127.0.0.1:10081" in master.stdout
+
+
+def test_postfix_maps_are_valid_regexp_tables(config, tmp_path):
+    need("postmap")
+    p = PostfixDeployer(config, DeployOptions())
+    for name in MAPS:
+        (tmp_path / name).write_text(p.render(name))
+
+    def query(table, key):
+        return subprocess.run(["postmap", "-q", key, f"regexp:{tmp_path / table}"],
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+    assert query("login_map", "abc@chat.example.org") == "abc@chat.example.org"
+    assert query("submission_header_cleanup", "Subject: secret plans") == "REPLACE Subject: [...]"
+    assert query("submission_header_cleanup", "User-Agent: x") == "IGNORE"
+    assert query("lmtp_header_cleanup", "DKIM-Signature: v=1") == "IGNORE"
+    assert query("smtp_tls_policy_map", "_relay2.lab") == "encrypt"
+    assert query("smtp_tls_policy_map", "example.org") == ""
+
+
+def test_nginx_config_is_valid(config, tmp_path):
+    need("nginx")
+    text = NginxDeployer(config, DeployOptions()).render("nginx.conf.j2", ini_path="/x.ini")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text.replace("pid /run/nginx.pid;", f"pid {tmp_path}/nginx.pid;"))
+    out = subprocess.run(["nginx", "-t", "-q", "-c", conf, "-e", tmp_path / "error.log"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
+def test_opendkim_config_is_valid(config, tmp_path):
+    need("opendkim")
+    deployer = OpenDKIMDeployer(config, DeployOptions())
+    for name in ("screen.lua", "final.lua", "KeyTable.j2", "SigningTable.j2"):
+        text = deployer.render(name).replace("/etc/dkimkeys/", f"{tmp_path}/")
+        (tmp_path / name.removesuffix(".j2")).write_text(text)
+    text = deployer.render("opendkim.conf.j2")
+    text = text.replace("/etc/opendkim/", f"{tmp_path}/").replace("/etc/dkimkeys/", f"{tmp_path}/")
+    conf = tmp_path / "opendkim.conf"
+    conf.write_text(text)
+    out = subprocess.run(["sh", "-c", CHECK_OPENDKIM.replace("/etc/opendkim.conf", str(conf))],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    need("luac5.3")
+    lua = subprocess.run(["luac5.3", "-p", tmp_path / "screen.lua", tmp_path / "final.lua"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert lua.returncode == 0, lua.stderr
+
+
+def test_unbound_config_forwards_lab_zones(tmp_path):
+    need("unbound-checkconf")
+    config = parse_config(
+        render_initial_config("_relay1.lab", {"dns_forward_zones": "lab@10.77.0.1"})
+    )
+    text = UnboundDeployer(config, DeployOptions()).render(
+        "chatmail.conf.j2", zones=config.dns_forward_zones
+    )
+    conf = tmp_path / "unbound.conf"
+    conf.write_text(text.replace("    interface: ::1\n", ""))
+    out = subprocess.run(["unbound-checkconf", conf], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "forward-addr: 10.77.0.1" in text and 'domain-insecure: "lab"' in text
