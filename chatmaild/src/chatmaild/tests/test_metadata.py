@@ -4,7 +4,6 @@ import os
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from chatmaild.config import parse_config
 from chatmaild.metadata import TOKEN_MAX_AGE, MetadataDict, MetadataStore
 
 from .dovecot_instance import DOMAIN, DovecotInstance
-from .push_server import HANG, PushServer, wait_until
+from .push_server import HANG, PushServer, connect_unix, wait_until
 
 ADDR = f"abcdefghi@{DOMAIN}"
 TOKEN_KEY = "priv/0123456789abcdef/devicetoken"
@@ -206,9 +205,7 @@ def test_unsupported_or_invalid_writes_fail_without_touching_files(config, user,
 
 
 def dict_request(sock_path, lines: list[str], replies: int) -> list[str]:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(20)
-        s.connect(str(sock_path))
+    with connect_unix(sock_path) as s:
         s.sendall("".join(line + "\n" for line in lines).encode())
         data = b""
         while data.count(b"\n") < replies:

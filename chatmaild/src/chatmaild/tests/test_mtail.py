@@ -25,7 +25,7 @@ import chatmaild
 from chatmaild.quota_expire import expire_to_quota
 
 from .dovecot_instance import DOMAIN, DovecotInstance, free_port
-from .push_server import wait_until
+from .push_server import connect_unix, wait_until
 
 PKG = Path(chatmaild.__file__).parent
 MTAIL = PKG / "chatmail.mtail"
@@ -38,9 +38,7 @@ def journal(ident: str, text: str) -> str:
 
 
 def dict_lookup(sock: Path, key: str) -> str:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(20)
-        s.connect(str(sock))
+    with connect_unix(sock) as s:
         s.sendall(f"L{key}\t{ADDR}\n".encode())
         return s.recv(4096).decode()
 
