@@ -59,7 +59,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``chatmail-metrics [ini or mailboxes dir] [--output FILE]``"""
+    """``chatmail-metrics [ini or mailboxes dir] [OUTPUT | --output OUTPUT]``"""
     parser = argparse.ArgumentParser(prog="chatmail-metrics", description=__doc__.split("\n")[0])
     parser.add_argument(
         "source",
@@ -67,13 +67,17 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_INI,
         help="chatmail.ini, or the mailboxes directory itself (the seed's form)",
     )
-    parser.add_argument("--output", type=Path, help="write here atomically instead of stdout")
+    parser.add_argument(
+        "output", nargs="?", type=Path, help="write here atomically instead of stdout"
+    )
+    parser.add_argument("--output", dest="output_opt", type=Path, help="same as OUTPUT")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     source = Path(args.source)
     mailboxes_dir = source if source.is_dir() else read_config(source).mailboxes_dir
     text = render(*count_accounts(mailboxes_dir))
-    if args.output:
-        write_atomic(args.output, text)
+    output = args.output or args.output_opt
+    if output:
+        write_atomic(output, text)
     else:
         sys.stdout.write(text)
 

@@ -54,3 +54,13 @@ def test_mailboxes_dir_argument_and_output_file(tmp_path):
     assert "\naccounts 5\n" in out.read_text()
     assert oct(out.stat().st_mode & 0o777) == "0o644"
     assert sorted(p.name for p in out.parent.iterdir()) == ["metrics"]
+
+
+def test_output_file_as_second_argument(tmp_path):
+    mailboxes = tmp_path / "mail"
+    populate(mailboxes)
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mailboxes}\n")
+    out = tmp_path / "metrics"
+    main([str(ini), str(out)])
+    assert "\nnonci_accounts 3\n" in out.read_text()
