@@ -14,6 +14,8 @@ from pathlib import Path
 
 import jinja2
 from chatmaild.config import Config
+from pyinfra import host
+from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
 
@@ -42,6 +44,7 @@ class Deployer:
         self.config = config
         self.options = options
         self._changes: list = []
+        self._paths: list[str] = []
 
     # Stages; the default is to do nothing.
 
@@ -80,12 +83,27 @@ class Deployer:
             group=group,
         )
         self._changes.append(op)
+        self._paths.append(dest)
         return op
 
-    def track(self, op):
-        """Count ``op`` among the changes that require a restart."""
+    def track(self, op, path: str | None = None):
+        """Count ``op`` (writing ``path``) among the changes that require a restart."""
         self._changes.append(op)
+        if path:
+            self._paths.append(path)
         return op
+
+    def stale(self, service: str) -> bool:
+        """Whether a file of this component is newer than the running ``service``: a file
+        written by an earlier deploy that failed before it could restart the service."""
+        if not self._paths:
+            return False
+        script = (
+            f'start=$(date -d "$(systemctl show -P ActiveEnterTimestamp {service})" +%s'
+            " 2>/dev/null || echo 0); for f in " + " ".join(self._paths) + "; do "
+            '[ -e "$f" ] && [ "$(stat -c %Y "$f")" -gt "$start" ] && echo stale && break; done; true'
+        )
+        return host.get_fact(Command, script) == "stale"
 
     def changed(self) -> bool:
         """Whether any tracked operation changed something (callable for pyinfra ``_if``)."""
@@ -99,9 +117,13 @@ class Deployer:
     def check_then_restart(self, service: str, check: str | None = None, enabled: bool = True):
         """Validate the config with ``check`` and restart ``service`` if a file changed;
         make sure it is running and enabled either way."""
+        stale = self.stale(service)
+
+        def needed() -> bool:
+            return stale or self.changed()
+
         if check:
-            server.shell(name=f"{self.name}: check config ({check})", commands=[check],
-                         _if=self.changed)  # fmt: skip
+            server.shell(name=f"{self.name}: check config ({check})", commands=[check], _if=needed)
         systemd.service(
             name=f"{self.name}: restart {service}",
             service=service,
@@ -109,7 +131,7 @@ class Deployer:
             restarted=True,
             enabled=enabled,
             daemon_reload=True,
-            _if=self.changed,
+            _if=needed,
         )
         systemd.service(
             name=f"{self.name}: {service} running",

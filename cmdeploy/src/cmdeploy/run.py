@@ -76,11 +76,15 @@ def precheck(remote: Remote, config: Config, skip_dns: bool) -> None:
 def build_wheel(out_dir: Path) -> Path:
     """Build chatmaild reproducibly, so that an unchanged package uploads nothing."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out_dir),
          str(REPO / "chatmaild")],
-        check=True, env=env, capture_output=True,
+        env=env, capture_output=True, text=True,
     )  # fmt: skip
+    if proc.returncode != 0:
+        raise PrecheckError(
+            f"building chatmaild failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
     (wheel,) = out_dir.glob("chatmaild-*.whl")
     return wheel
 

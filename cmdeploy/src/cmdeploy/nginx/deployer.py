@@ -19,7 +19,7 @@ class NginxDeployer(Deployer):
 
     def configure(self) -> None:
         self.put_template("nginx.conf.j2", "/etc/nginx/nginx.conf", ini_path=INI)
-        files.file(
+        files.link(
             name="nginx: no default site", path="/etc/nginx/sites-enabled/default", present=False
         )
         files.directory(

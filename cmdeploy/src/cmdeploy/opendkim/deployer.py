@@ -11,12 +11,6 @@ from pyinfra.operations import apt, files, server
 from cmdeploy.deployer import Deployer
 
 KEY = "/etc/dkimkeys/opendkim.private"
-# ``opendkim -n`` runs the policy scripts with stub values, on which their signature loop
-# crashes it; so the settings are checked without them (the scripts are tested apart).
-CHECK_OPENDKIM = (
-    "grep -v PolicyScript /etc/opendkim.conf > /run/opendkim-check.conf"
-    " && opendkim -n -x /run/opendkim-check.conf; rc=$?; rm -f /run/opendkim-check.conf; exit $rc"
-)
 
 
 class OpenDKIMDeployer(Deployer):
@@ -49,4 +43,4 @@ class OpenDKIMDeployer(Deployer):
         self.put_template("restart.conf", "/etc/systemd/system/opendkim.service.d/restart.conf")
 
     def activate(self) -> None:
-        self.check_then_restart("opendkim", check=CHECK_OPENDKIM)
+        self.check_then_restart("opendkim", check="opendkim -n")

@@ -3,9 +3,12 @@ systemd units for each service, timers for expiry and metrics, and the ``/new`` 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+from pyinfra import host
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from cmdeploy.deployer import Deployer
@@ -39,24 +42,27 @@ class ServicesDeployer(Deployer):
     def configure(self) -> None:
         wheel = Path(os.environ["CHATMAIL_WHEEL"])
         files.directory(name="chatmaild: dist dir", path=f"{BASE}/dist")
-        upload = self.track(files.put(name="chatmaild: wheel", src=str(wheel),
-                                      dest=f"{BASE}/dist/{wheel.name}"))  # fmt: skip
-        server.shell(
-            name="chatmaild: venv",
-            commands=[f"[ -x {VENV}/bin/python ] || python3 -m venv --copies {VENV}"],
-            _if=lambda: upload.did_change(),
+        upload = files.put(
+            name="chatmaild: wheel", src=str(wheel), dest=f"{BASE}/dist/{wheel.name}"
         )
-        constraints = self.put_text(_read(os.environ["CHATMAIL_CONSTRAINTS"]),
-                                    f"{BASE}/dist/constraints.txt")  # fmt: skip
-        server.shell(
-            name="chatmaild: install into venv",
-            commands=[f"{VENV}/bin/pip install -q --disable-pip-version-check "
-                      f"-c {BASE}/dist/constraints.txt --force-reinstall --no-deps "
-                      f"{BASE}/dist/{wheel.name} && {VENV}/bin/pip install -q "
-                      f"--disable-pip-version-check -c {BASE}/dist/constraints.txt "
-                      f"{BASE}/dist/{wheel.name}"],
-            _if=lambda: upload.did_change() or constraints.did_change(),
-        )  # fmt: skip
+        self.track(upload, f"{BASE}/dist/{wheel.name}")
+        constraints = _read(os.environ["CHATMAIL_CONSTRAINTS"])
+        self.put_text(constraints, f"{BASE}/dist/constraints.txt")
+        # What is installed is recorded beside the venv: an upload whose install failed
+        # (or was interrupted) is installed by the next run.
+        wanted = hashlib.sha256(wheel.read_bytes() + constraints.encode()).hexdigest()
+        marker = f"{VENV}/.chatmaild-installed"
+        if host.get_fact(Command, f"cat {marker} 2>/dev/null || true") != wanted:
+            pip = f"{VENV}/bin/pip install -q --disable-pip-version-check -c {BASE}/dist/constraints.txt"
+            self.track(server.shell(
+                name="chatmaild: install into venv",
+                commands=[
+                    f"[ -x {VENV}/bin/python ] || python3 -m venv --copies {VENV}",
+                    f"{pip} --force-reinstall --no-deps {BASE}/dist/{wheel.name}",
+                    f"{pip} {BASE}/dist/{wheel.name}",
+                    f"echo {wanted} > {marker}",
+                ],
+            ), marker)  # fmt: skip
         self.put_text(_read(self.config.config_path), INI)
         for name, (args, runtime_dir) in DAEMONS.items():
             self.put_template("daemon.service.j2", f"/etc/systemd/system/{name}.service",
@@ -73,9 +79,7 @@ class ServicesDeployer(Deployer):
 
     def activate(self) -> None:
         for name in DAEMONS:
-            systemd.service(name=f"chatmaild: restart {name}", service=name, running=True,
-                            restarted=True, enabled=True, daemon_reload=True, _if=self.changed)  # fmt: skip
-            systemd.service(name=f"chatmaild: {name} running", service=name, running=True, enabled=True)  # fmt: skip
+            self.check_then_restart(name)
         for name in TIMERS:
             systemd.service(name=f"chatmaild: {name}.timer", service=f"{name}.timer",
                             running=True, enabled=True, daemon_reload=True)  # fmt: skip

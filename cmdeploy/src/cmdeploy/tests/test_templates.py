@@ -9,7 +9,7 @@ from chatmaild.config import parse_config, render_initial_config
 from cmdeploy.deployer import DeployOptions
 from cmdeploy.dovecot.deployer import DovecotDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
-from cmdeploy.opendkim.deployer import CHECK_OPENDKIM, OpenDKIMDeployer
+from cmdeploy.opendkim.deployer import OpenDKIMDeployer
 from cmdeploy.postfix.deployer import MAPS, PostfixDeployer
 from cmdeploy.unbound.deployer import UnboundDeployer
 
@@ -104,8 +104,8 @@ def test_opendkim_config_is_valid(config, tmp_path):
     text = text.replace("/etc/opendkim/", f"{tmp_path}/").replace("/etc/dkimkeys/", f"{tmp_path}/")
     conf = tmp_path / "opendkim.conf"
     conf.write_text(text)
-    out = subprocess.run(["sh", "-c", CHECK_OPENDKIM.replace("/etc/opendkim.conf", str(conf))],
-                         capture_output=True, text=True)  # fmt: skip
+    # opendkim -n also runs both policy scripts with stub values; a Lua error kills it.
+    out = subprocess.run(["opendkim", "-n", "-x", conf], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     need("luac5.3")
     lua = subprocess.run(["luac5.3", "-p", tmp_path / "screen.lua", tmp_path / "final.lua"],

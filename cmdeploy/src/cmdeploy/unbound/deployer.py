@@ -19,12 +19,11 @@ class UnboundDeployer(Deployer):
     def configure(self) -> None:
         self.put_template("chatmail.conf.j2", "/etc/unbound/unbound.conf.d/chatmail.conf",
                           zones=self.config.dns_forward_zones)  # fmt: skip
-        # A static resolv.conf: the relay asks its own resolver first.
+        # Restarted here, not in activate: the rest of the deploy resolves names through
+        # it as soon as resolv.conf below points at it.
+        self.check_then_restart("unbound", check="unbound-checkconf")
         files.put(
             name="unbound: /etc/resolv.conf",
             src=str(self.templates / "resolv.conf"),
             dest="/etc/resolv.conf",
         )
-
-    def activate(self) -> None:
-        self.check_then_restart("unbound", check="unbound-checkconf")
