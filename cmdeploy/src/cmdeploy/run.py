@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -15,10 +16,13 @@ from cmdeploy.remote import Remote, RemoteError
 
 REPO = Path(__file__).resolve().parents[3]
 
-# Ports the relay listens on -> the programs allowed to hold them already.
+POSTFIX = {"master", "smtpd"}
+DOVECOT = {"dovecot", "imap-login"}
+NGINX = {"nginx"}
+# Ports the relay listens on -> the programs (process names) allowed to hold them already.
 PORTS = {
-    25: "master", 587: "master", 465: "master", 143: "dovecot", 993: "dovecot",
-    80: "nginx", 443: "nginx", 8443: "nginx", 53: "unbound",
+    25: POSTFIX, 587: POSTFIX, 465: POSTFIX, 143: DOVECOT, 993: DOVECOT,
+    80: NGINX, 443: NGINX, 8443: NGINX, 53: {"unbound"},
 }  # fmt: skip
 
 
@@ -34,21 +38,22 @@ def port_conflicts(remote: Remote, config: Config) -> list[str]:
     """Listening ports of the relay held by a program that is not ours."""
     wanted = dict(PORTS)
     for port in (config.filtermail_smtp_port, config.filtermail_smtp_port_incoming):
-        wanted[port] = "filtermail"
+        wanted[port] = {"filtermail"}
     for port in (config.postfix_reinject_port, config.postfix_reinject_port_incoming):
-        wanted[port] = "master"
+        wanted[port] = POSTFIX
     out = remote.run("ss -Hltnp", check=False).stdout
-    problems = []
+    problems = set()
     for line in out.splitlines():
         fields = line.split()
-        if len(fields) < 4:
+        if len(fields) < 4 or not fields[3].rsplit(":", 1)[-1].isdigit():
             continue
-        port = int(fields[3].rsplit(":", 1)[-1]) if fields[3].rsplit(":", 1)[-1].isdigit() else 0
-        owner = line.split('(("', 1)[1].split('"', 1)[0] if '(("' in line else "?"
+        port = int(fields[3].rsplit(":", 1)[-1])
+        owners = set(re.findall(r'\(\("([^"]+)"', line)) or {"?"}
         expected = wanted.get(port)
-        if expected and owner not in (expected, "python3", "python", "filtermail", "systemd"):
-            problems.append(f"port {port} is used by {owner!r} (expected none or {expected})")
-    return sorted(set(problems))
+        if expected and not owners <= expected:
+            other = ", ".join(sorted(owners - expected))
+            problems.add(f"port {port} is used by {other} (expected {'/'.join(sorted(expected))})")
+    return sorted(problems)
 
 
 def precheck(remote: Remote, config: Config, skip_dns: bool) -> None:

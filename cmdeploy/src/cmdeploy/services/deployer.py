@@ -78,11 +78,12 @@ class ServicesDeployer(Deployer):
                       "/usr/lib/cgi-bin/newemail.py", mode="755")  # fmt: skip
 
     def activate(self) -> None:
+        systemd.daemon_reload(name="chatmaild: reload units", _if=self.changed)
         for name in DAEMONS:
             self.check_then_restart(name)
         for name in TIMERS:
             systemd.service(name=f"chatmaild: {name}.timer", service=f"{name}.timer",
-                            running=True, enabled=True, daemon_reload=True)  # fmt: skip
+                            running=True, enabled=True)  # fmt: skip
         systemd.service(name="chatmaild: fcgiwrap", service="fcgiwrap.socket", running=True, enabled=True)  # fmt: skip
 
 
