@@ -1,0 +1,102 @@
+"""Mail probes that run inside the lab's client namespace.
+
+Called as ``python -m cmdeploy.tests.lab.probes NAME JSON_KWARGS``; prints a JSON result.
+Tests use :func:`call` to run them there and get the result back.
+"""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import json
+import smtplib
+import ssl
+import sys
+import time
+
+# Lab relays have self-signed certificates (underscore domains).
+CTX = ssl.create_default_context()
+CTX.check_hostname = False
+CTX.verify_mode = ssl.CERT_NONE
+
+
+def smtp_send(host, msg_b64, mail_from, rcpts, user=None, password=None, port=465,
+              starttls=False, helo=None) -> dict:  # fmt: skip
+    """Send one message; the server's final reply (code, text) or the refusal."""
+    msg = base64.b64decode(msg_b64)
+    try:
+        if port == 465:
+            conn = smtplib.SMTP_SSL(host, port, context=CTX, timeout=30)
+        else:
+            conn = smtplib.SMTP(host, port, timeout=30, local_hostname=helo)
+            conn.ehlo()
+            if starttls:
+                conn.starttls(context=CTX)
+                conn.ehlo()
+        with conn:
+            if user:
+                conn.login(user, password)
+            refused = conn.sendmail(mail_from, rcpts, msg)
+            return {"code": 250, "text": "", "refused": {k: list(v) for k, v in refused.items()}}
+    except smtplib.SMTPRecipientsRefused as e:
+        (code, text), = list(e.recipients.values())[:1]
+        return {"code": code, "text": text.decode(errors="replace")}
+    except (smtplib.SMTPResponseException) as e:
+        return {"code": e.smtp_code, "text": e.smtp_error.decode(errors="replace")}
+
+
+def imap_messages(host, user, password, wait=0.0, min_count=1) -> dict:
+    """Log in (creating the account) and return the INBOX messages, waiting up to ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        conn = imaplib.IMAP4_SSL(host, 993, ssl_context=CTX, timeout=30)
+        try:
+            conn.login(user, password)
+            conn.select("INBOX")
+            _, data = conn.search(None, "ALL")
+            nums = data[0].split()
+            msgs = []
+            for num in nums:
+                _, parts = conn.fetch(num, "(RFC822)")
+                msgs.append(base64.b64encode(parts[0][1]).decode())
+        finally:
+            try:
+                conn.logout()
+            except (imaplib.IMAP4.abort, OSError):
+                pass
+        if len(msgs) >= min_count or time.monotonic() >= deadline:
+            return {"messages": msgs}
+        time.sleep(0.5)
+
+
+def imap_login(host, user, password) -> dict:
+    conn = imaplib.IMAP4_SSL(host, 993, ssl_context=CTX, timeout=30)
+    try:
+        conn.login(user, password)
+        return {"ok": True, "capabilities": list(conn.capabilities)}
+    except imaplib.IMAP4.error as e:
+        return {"ok": False, "error": str(e)}
+    finally:
+        try:
+            conn.logout()
+        except (imaplib.IMAP4.abort, OSError):
+            pass
+
+
+def call(lab, name: str, **kwargs):
+    """Run probe ``name`` in the lab's client namespace and return its result."""
+    proc = lab.client_ns_run(
+        [sys.executable, "-m", "cmdeploy.tests.lab.probes", name, json.dumps(kwargs)]
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"probe {name} failed: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+def main(argv: list[str]) -> None:
+    name, kwargs = argv[0], json.loads(argv[1])
+    print(json.dumps(globals()[name](**kwargs)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
