@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import relay
 from .lab import Lab
 from .util import LabError
 
@@ -41,6 +42,7 @@ def register(subparsers) -> None:
     sub.add_parser("down", help="stop and remove everything the lab created").set_defaults(
         func=down_cmd
     )
+    relay.register(sub)
 
 
 def _fail(message: str) -> int:

@@ -28,7 +28,7 @@ DAEMONS = {
 }  # fmt: skip
 TIMERS = {
     "chatmail-expire": ("chatmail-expire {ini} --remove", "*-*-* 00:02:00"),
-    "chatmail-metrics": ("chatmail-metrics {ini} /var/www/html/metrics", "*:0/5"),
+    "chatmail-metrics": ("chatmail-metrics {ini} /var/lib/chatmail-metrics/metrics", "*:0/5"),
 }
 
 
@@ -38,6 +38,8 @@ class ServicesDeployer(Deployer):
 
     def install(self) -> None:
         apt.packages(name="chatmaild: packages", packages=["python3-venv", "fcgiwrap"])
+        server.user(name="chatmaild: user echobot", user="echobot", system=True,
+                    home="/var/lib/echobot", shell="/usr/sbin/nologin")  # fmt: skip
 
     def configure(self) -> None:
         wheel = Path(os.environ["CHATMAIL_WHEEL"])
@@ -73,13 +75,17 @@ class ServicesDeployer(Deployer):
                               description=name, exec_start=f"{VENV}/bin/" + args.format(ini=INI))  # fmt: skip
             self.put_template("timer.j2", f"/etc/systemd/system/{name}.timer",
                               description=name, when=when)  # fmt: skip
+        files.directory(name="chatmaild: metrics dir", path="/var/lib/chatmail-metrics",
+                        user="vmail", group="vmail", mode="755")  # fmt: skip
+        self.put_template("echobot.service.j2", "/etc/systemd/system/echobot.service",
+                          venv=VENV, ini=INI)  # fmt: skip
         files.directory(name="chatmaild: cgi-bin", path="/usr/lib/cgi-bin")
         self.put_text(f"#!{VENV}/bin/python3\nfrom chatmaild.newemail import main\n\nmain()\n",
                       "/usr/lib/cgi-bin/newemail.py", mode="755")  # fmt: skip
 
     def activate(self) -> None:
         systemd.daemon_reload(name="chatmaild: reload units", _if=self.changed)
-        for name in DAEMONS:
+        for name in [*DAEMONS, "echobot"]:
             self.check_then_restart(name)
         for name in TIMERS:
             systemd.service(name=f"chatmaild: {name}.timer", service=f"{name}.timer",

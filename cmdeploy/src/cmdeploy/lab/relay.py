@@ -1,0 +1,135 @@
+"""A complete relay in a lab host: config, ``cmdeploy run``, DNS zone, and how to connect.
+
+This is what an operator without a server runs first (``cmdeploy lab relay``), and what
+the lab tests deploy. It drives the real CLI, exactly as an operator on a server would.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chatmaild.config import read_config, render_initial_config
+
+from .lab import Lab
+
+DEFAULT_WORKDIR = Path("lab-relays")
+
+
+@dataclass
+class LabRelay:
+    """A deployed lab relay and the files of its operator."""
+
+    name: str
+    domain: str
+    ip: str
+    workdir: Path
+    deploy_seconds: list[float] = field(default_factory=list)
+    deploy_logs: list[str] = field(default_factory=list)
+
+    @property
+    def ini(self) -> Path:
+        return self.workdir / "chatmail.ini"
+
+
+def cmdeploy(
+    lab: Lab, relay: LabRelay, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run the cmdeploy CLI for this relay (its ini, the lab's SSH settings)."""
+    argv = [sys.executable, "-m", "cmdeploy.cli", "--config", str(relay.ini),
+            "--ssh-config", str(lab.ssh_config), *args]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"cmdeploy {' '.join(args)} failed:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def write_config(lab: Lab, relay: LabRelay, overrides: dict | None = None) -> None:
+    relay.workdir.mkdir(parents=True, exist_ok=True)
+    settings = {"dns_forward_zones": f"lab@{lab.dns_ip}", **(overrides or {})}
+    relay.ini.write_text(render_initial_config(relay.domain, settings))
+
+
+def deploy(lab: Lab, relay: LabRelay, *run_args: str) -> subprocess.CompletedProcess:
+    """``cmdeploy run`` into the relay's host; keeps duration and output."""
+    started = time.monotonic()
+    proc = cmdeploy(lab, relay, "run", *run_args)
+    relay.deploy_seconds.append(time.monotonic() - started)
+    relay.deploy_logs.append(proc.stdout + proc.stderr)
+    return proc
+
+
+def publish_zone(lab: Lab, relay: LabRelay, ssh_host: str | None = None) -> str:
+    """Generate the relay's zone with ``cmdeploy dns --zonefile`` and serve it in the lab."""
+    zonefile = relay.workdir / "zone.txt"
+    extra = ["--ssh-host", ssh_host] if ssh_host else []
+    cmdeploy(lab, relay, "dns", "--dns-server", lab.dns_ip, "--zonefile", str(zonefile), *extra)
+    text = zonefile.read_text()
+    lab.load_zone(relay.domain, text)
+    return text
+
+
+def lab_relay(lab: Lab, name: str, workdir: Path, overrides: dict | None = None) -> LabRelay:
+    """Bring up the lab host ``name``, write its config, deploy it and publish its zone."""
+    index = int(name.removeprefix("relay"))
+    lab.up(hosts=max(index, len(lab.hosts())))
+    h = lab.host(name)
+    relay = LabRelay(name=h.name, domain=h.domain, ip=h.ip, workdir=workdir / h.name)
+    if not relay.ini.exists() or overrides:
+        write_config(lab, relay, overrides)
+    read_config(relay.ini)  # a broken ini fails here with its own message
+    deploy(lab, relay)
+    publish_zone(lab, relay)
+    return relay
+
+
+def how_to_connect(lab: Lab, relay: LabRelay) -> str:
+    ns = f"ip netns exec {lab.netns}"
+    return f"""\
+The relay {relay.domain} runs in the lab host {relay.name} ({relay.ip}).
+Its config: {relay.ini}
+
+Lab names resolve only inside the lab's client network namespace. From there:
+  {ns} openssl s_client -connect {relay.domain}:993 -quiet      # IMAP over TLS
+  {ns} curl -sk https://{relay.domain}/                         # the web page
+
+A Delta Chat client (deltachat-rpc-server) run in that namespace joins with
+  dcaccount:{relay.domain}
+(an underscore domain: the client accepts the relay's self-signed certificate), or with
+  dcaccount:https://{relay.domain}/new
+
+Manage it like a real server:
+  cmdeploy --config {relay.ini} --ssh-config {lab.ssh_config} status
+  cmdeploy --config {relay.ini} --ssh-config {lab.ssh_config} run
+  cmdeploy lab ssh {relay.name}
+Tear the lab down (hosts, DNS, proxy, namespace):
+  cmdeploy lab down
+"""
+
+
+def relay_cmd(args) -> int:
+    from cmdeploy.cli import fail
+
+    lab = Lab()
+    try:
+        relay = lab_relay(lab, args.name, args.workdir.resolve())
+    except Exception as e:  # the operator sees one clear line, not a traceback
+        return fail(f"could not set up the lab relay: {e}")
+    print(f"deployed {relay.domain} in {relay.deploy_seconds[-1]:.0f}s\n")
+    print(how_to_connect(lab, relay))
+    return 0
+
+
+def register(lab_subparsers) -> None:
+    p = lab_subparsers.add_parser(
+        "relay", help="deploy a complete relay into a lab host and print how to reach it"
+    )
+    p.add_argument("name", nargs="?", default="relay1", help="lab host (default relay1)")
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
+                   help="where the relay's chatmail.ini and zone are kept (default ./lab-relays)")  # fmt: skip
+    p.set_defaults(func=relay_cmd)
