@@ -114,6 +114,16 @@ def on_new_message(event) -> None:
         snapshot.chat.send_message(**reply)
 
 
+def transport_params(config: Config, password: str) -> dict:
+    """Delta Chat login settings of the bot's own account."""
+    return {
+        "addr": bot_user(config).addr,
+        "password": password,
+        "imapServer": config.mail_domain,
+        "smtpServer": config.mail_domain,
+    }
+
+
 def run_bot(config: Config, state_dir: Path, password: str) -> None:
     """Log in (configuring the account on first start) and echo forever."""
     from deltachat_rpc_client import Bot, DeltaChat, Rpc, events
@@ -127,7 +137,11 @@ def run_bot(config: Config, state_dir: Path, password: str) -> None:
         account = accounts[0] if accounts else deltachat.add_account()
         bot = Bot(account, hooks=[(on_new_message, events.NewMessage(is_info=False))])
         if not bot.is_configured():
-            bot.configure(bot_user(config).addr, password, displayname="Echo Bot")
+            account.set_config("bot", "1")
+            account.set_config("displayname", "Echo Bot")
+            # The bot runs on its relay: naming the servers skips autoconfig over HTTPS,
+            # which may not be served yet while a deploy is still running.
+            account.add_or_update_transport(transport_params(config, password))
         bot.run_forever()
 
 

@@ -173,3 +173,17 @@ def test_dovecot_login_with_the_provisioned_account():
     finally:
         inst.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_bot_names_its_own_relay_as_servers():
+    from chatmaild.config import parse_config, render_initial_config
+    from chatmaild.echobot import transport_params
+
+    config = parse_config(render_initial_config("chat.example.org"))
+    params = transport_params(config, "x" * 32)
+    assert params == {
+        "addr": "echo@chat.example.org",
+        "password": "x" * 32,
+        "imapServer": "chat.example.org",
+        "smtpServer": "chat.example.org",
+    }
