@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,8 @@ def precheck(remote: Remote, config: Config, skip_dns: bool) -> None:
 def build_wheel(out_dir: Path) -> Path:
     """Build chatmaild reproducibly, so that an unchanged package uploads nothing."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+    # setuptools reuses build/: a module deleted from the source could ship from there.
+    shutil.rmtree(REPO / "chatmaild" / "build", ignore_errors=True)
     proc = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out_dir),
          str(REPO / "chatmaild")],
