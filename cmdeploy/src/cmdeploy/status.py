@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from cmdeploy.remote import Remote, RemoteError
 
+# fcgiwrap starts per request of /new: its socket is what must be listening.
 SERVICES = [
     "postfix", "dovecot", "opendkim", "nginx", "unbound", "doveauth", "lastlogin",
-    "chatmail-metadata", "filtermail", "filtermail-incoming", "fcgiwrap",
+    "chatmail-metadata", "filtermail", "filtermail-incoming", "echobot", "fcgiwrap.socket",
+    "chatmail-expire.timer", "chatmail-metrics.timer",
 ]  # fmt: skip
 
 SCRIPT = """
