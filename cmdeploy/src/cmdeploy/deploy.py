@@ -18,7 +18,7 @@ from cmdeploy.mtail.deployer import MtailDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
 from cmdeploy.opendkim.deployer import OpenDKIMDeployer
 from cmdeploy.postfix.deployer import PostfixDeployer
-from cmdeploy.services.deployer import ServicesDeployer
+from cmdeploy.services.deployer import EchobotDeployer, ServicesDeployer
 from cmdeploy.system.deployer import SystemDeployer
 from cmdeploy.tls.deployer import TLSDeployer
 from cmdeploy.unbound.deployer import UnboundDeployer
@@ -37,6 +37,7 @@ COMPONENTS = [
     DovecotDeployer,
     PostfixDeployer,
     NginxDeployer,
+    EchobotDeployer,
     WebsiteDeployer,
     MtailDeployer,
 ]
@@ -54,6 +55,10 @@ def deploy() -> None:
     )
     components = [WebsiteDeployer] if options.website_only else COMPONENTS
     deployers = [cls(config, options) for cls in components]
+    by_type = {type(d): d for d in deployers}
+    if EchobotDeployer in by_type:
+        # The bot runs the chatmaild code: a new install restarts it too.
+        by_type[EchobotDeployer].follows(by_type[ServicesDeployer])
     stages = os.environ.get("CHATMAIL_STAGES", ",".join(STAGES)).split(",")
     for stage in STAGES:
         if stage in stages:

@@ -45,6 +45,11 @@ class Deployer:
         self.options = options
         self._changes: list = []
         self._paths: list[str] = []
+        self._followed: list[Deployer] = []
+
+    def follows(self, other: Deployer) -> None:
+        """Restart this component's service whenever ``other`` changed too."""
+        self._followed.append(other)
 
     # Stages; the default is to do nothing.
 
@@ -107,7 +112,9 @@ class Deployer:
 
     def changed(self) -> bool:
         """Whether any tracked operation changed something (callable for pyinfra ``_if``)."""
-        return any(op.did_change() for op in self._changes)
+        return any(op.did_change() for op in self._changes) or any(
+            other.changed() for other in self._followed
+        )
 
     def stop_and_disable(self, service: str):
         """For ``--disable-mail``: installed and configured, but not running."""

@@ -38,8 +38,6 @@ class ServicesDeployer(Deployer):
 
     def install(self) -> None:
         apt.packages(name="chatmaild: packages", packages=["python3-venv", "fcgiwrap"])
-        server.user(name="chatmaild: user echobot", user="echobot", system=True,
-                    home="/var/lib/echobot", shell="/usr/sbin/nologin")  # fmt: skip
 
     def configure(self) -> None:
         wheel = Path(os.environ["CHATMAIL_WHEEL"])
@@ -77,15 +75,13 @@ class ServicesDeployer(Deployer):
                               description=name, when=when)  # fmt: skip
         files.directory(name="chatmaild: metrics dir", path="/var/lib/chatmail-metrics",
                         user="vmail", group="vmail", mode="755")  # fmt: skip
-        self.put_template("echobot.service.j2", "/etc/systemd/system/echobot.service",
-                          venv=VENV, ini=INI)  # fmt: skip
         files.directory(name="chatmaild: cgi-bin", path="/usr/lib/cgi-bin")
         self.put_text(f"#!{VENV}/bin/python3\nfrom chatmaild.newemail import main\n\nmain()\n",
                       "/usr/lib/cgi-bin/newemail.py", mode="755")  # fmt: skip
 
     def activate(self) -> None:
         systemd.daemon_reload(name="chatmaild: reload units", _if=self.changed)
-        for name in [*DAEMONS, "echobot"]:
+        for name in DAEMONS:
             self.check_then_restart(name)
         for name in TIMERS:
             systemd.service(name=f"chatmaild: {name}.timer", service=f"{name}.timer",
@@ -95,3 +91,24 @@ class ServicesDeployer(Deployer):
 
 def _read(path) -> str:
     return Path(path).read_text()
+
+
+class EchobotDeployer(Deployer):
+    """echo@<domain>: started after Postfix and Dovecot, which it logs in to."""
+
+    name = "echobot"
+    templates = Path(__file__).parent
+
+    def install(self) -> None:
+        server.user(name="echobot: user", user="echobot", system=True,
+                    home="/var/lib/echobot", shell="/usr/sbin/nologin")  # fmt: skip
+
+    def configure(self) -> None:
+        self.put_template("echobot.service.j2", "/etc/systemd/system/echobot.service",
+                          venv=VENV, ini=INI)  # fmt: skip
+
+    def activate(self) -> None:
+        if self.options.disable_mail:
+            self.stop_and_disable("echobot")
+            return
+        self.check_then_restart("echobot")

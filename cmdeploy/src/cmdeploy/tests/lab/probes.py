@@ -39,9 +39,9 @@ def smtp_send(host, msg_b64, mail_from, rcpts, user=None, password=None, port=46
             refused = conn.sendmail(mail_from, rcpts, msg)
             return {"code": 250, "text": "", "refused": {k: list(v) for k, v in refused.items()}}
     except smtplib.SMTPRecipientsRefused as e:
-        (code, text), = list(e.recipients.values())[:1]
+        ((code, text),) = list(e.recipients.values())[:1]
         return {"code": code, "text": text.decode(errors="replace")}
-    except (smtplib.SMTPResponseException) as e:
+    except smtplib.SMTPResponseException as e:
         return {"code": e.smtp_code, "text": e.smtp_error.decode(errors="replace")}
 
 
@@ -81,6 +81,36 @@ def imap_login(host, user, password) -> dict:
             conn.logout()
         except (imaplib.IMAP4.abort, OSError):
             pass
+
+
+def alpn_greeting(host, alpn=None) -> dict:
+    """First bytes on port 443 for an ALPN protocol (HTTP request when there is none)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols([alpn])
+    import socket
+
+    with socket.create_connection((host, 443), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as conn:
+            if not alpn:
+                conn.sendall(
+                    f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+                )
+            return {"greeting": conn.recv(200).decode(errors="replace")}
+
+
+def http_get(url) -> dict:
+    """GET without following redirects: status and Location."""
+    import http.client
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPSConnection(u.hostname, u.port or 443, context=CTX, timeout=20)
+    conn.request("GET", u.path or "/")
+    resp = conn.getresponse()
+    return {"status": resp.status, "location": resp.getheader("Location")}
 
 
 def call(lab, name: str, **kwargs):

@@ -9,6 +9,7 @@ import base64
 import random
 import re
 import subprocess
+import sys
 
 import pytest
 from chatmaild.tests import mailgen
@@ -193,6 +194,54 @@ def test_vrfy_does_not_reveal_accounts(lab, relays):
     out = lab.client_ns_run(["python3", "-c", code, relay2.domain, existing,
                              user(relay2, "nobody123"), "nobody123"], check=True)  # fmt: skip
     assert out.stdout.split() == ["252"] * 3
+
+
+def test_port_443_carries_imap_smtp_and_https_by_alpn(lab, relays):
+    relay1 = relays[0]
+    greet = {alpn: call(lab, "alpn_greeting", host=relay1.domain, alpn=alpn)["greeting"]
+             for alpn in ("imap", "smtp", None)}  # fmt: skip
+    assert greet["imap"].startswith("* OK"), greet
+    assert greet["smtp"].startswith("220 "), greet
+    assert greet[None].startswith("HTTP/1.1 200"), greet
+
+
+def test_new_account_url_redirects_browsers_to_the_app(lab, relays):
+    relay1 = relays[0]
+    out = call(lab, "http_get", url=f"https://{relay1.domain}/new")
+    assert out == {"status": 301, "location": f"dcaccount:https://{relay1.domain}/new"}
+
+
+def test_port_conflict_stops_the_run_before_anything_changes(lab, relays):
+    relay2 = relays[1]
+    lab.ssh_run(relay2.name, "systemctl stop filtermail")
+    squatter = "python3 -m http.server --bind 127.0.0.1 10080"
+    lab.ssh_run(relay2.name, f"systemd-run --unit squatter {squatter}")
+    try:
+        proc = cmdeploy(lab, relay2, "run", check=False)
+        assert proc.returncode == 1
+        assert (
+            "nothing was changed" in proc.stderr and "port 10080 is used by python3" in proc.stderr
+        )
+        assert (
+            lab.ssh_run(relay2.name, "systemctl is-active filtermail", check=False).stdout.strip()
+            == "inactive"
+        )
+    finally:
+        lab.ssh_run(relay2.name, "systemctl stop squatter; systemctl start filtermail")
+
+
+def test_missing_address_record_stops_the_run(lab, relays, tmp_path):
+    relay2 = relays[1]
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(
+        (relay2.workdir / "chatmail.ini").read_text().replace(relay2.domain, "_nodns.lab")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "cmdeploy.cli", "--config", str(ini), "--ssh-config", str(lab.ssh_config),
+         "run", "--ssh-host", relay2.name], capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "_nodns.lab has no A/AAAA record" in proc.stderr and "nothing was changed" in proc.stderr
 
 
 def test_disable_mail_stops_postfix_and_dovecot_until_next_run(lab, relays):
