@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,13 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chatmaild" / "src"))
 
 from chatmaild.tests.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from chatmaild.tests.procs import free_port  # noqa: E402
 
 # --- sink: just enough SMTP to swallow messages quickly --------------------------------
 

@@ -17,14 +17,9 @@ import time
 from pathlib import Path
 
 from chatmaild.config import Config, read_config, render_initial_config
+from chatmaild.tests.procs import free_port
 
 DOMAIN = "chat.example.org"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(check, what: str, timeout: float = 15.0, proc=None) -> None:

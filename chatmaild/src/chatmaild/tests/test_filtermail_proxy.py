@@ -17,15 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatmaild.tests.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime, plain
+from chatmaild.tests.procs import free_port, stop_process
 
 MAIL_DATA = Path(__file__).parent / "mail-data"
 ENC = b"Encryption Needed: Invalid Unencrypted Mail"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read(name: str) -> bytes:
@@ -115,13 +110,7 @@ class Filtermail:
             return self._changed.wait_for(lambda: text in self.lines, timeout=10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self._reader.join(10)
 
     def send(self, data: bytes, mail_from: str = ALICE, rcpts=(BOB,), **kw):

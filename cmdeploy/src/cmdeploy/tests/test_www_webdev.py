@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from chatmaild.config import render_initial_config
+from chatmaild.tests.procs import stop_process
 
 from cmdeploy import www
 from cmdeploy.tests.www_browser import CHROMIUM, Chromium
@@ -74,13 +75,7 @@ class Webdev:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc.stdout.close()
 
 

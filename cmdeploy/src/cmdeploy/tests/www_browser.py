@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import websocket
+from chatmaild.tests.procs import stop_process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ZBARIMG = shutil.which("zbarimg")
@@ -103,13 +104,7 @@ class Chromium:
 
     def close(self) -> None:
         helpers = self._helper_pids()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         for pid in helpers + self._helper_pids():
             try:
                 os.kill(pid, signal.SIGKILL)
