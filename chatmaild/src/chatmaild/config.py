@@ -23,6 +23,11 @@ _DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+{_LABEL}$")
 _SIZE_RE = re.compile(r"^(\d+)\s*([kmg]?)b?$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
+# What doveauth stores: {SHA512-CRYPT}$6$<salt>$<86 characters of crypt base64>.
+_HASH_RE = re.compile(
+    r"^\{SHA512-CRYPT\}\$6\$(rounds=\d+\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$"
+)
+
 # Localparts allowed at account creation (newest reference rule).
 LOCALPART_RE = re.compile(r"^[a-z0-9._-]+$")
 
@@ -319,8 +324,9 @@ class User:
             data = self.password_path.read_text("ascii").strip()
         except FileNotFoundError:
             return None
-        if not data:
-            log.error("empty password file for %s, treating account as missing", self.addr)
+        if not _HASH_RE.match(data):
+            # Empty or cut short by a crash: creating the account again repairs it.
+            log.error("damaged password file for %s, treating account as missing", self.addr)
             return None
         return data
 

@@ -13,17 +13,14 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable
-
-import filelock
 
 from .config import Config, User, read_config
 from .dictproxy import DictFailure, DictHandler, DictProxyServer, setup_logging
 from .hashing import hash_password
 
 log = logging.getLogger("doveauth")
-
-LOCK_TIMEOUT = 5.0
 
 
 def split_escaped(text: str, sep: str = '"') -> list[str]:
@@ -83,6 +80,8 @@ class AuthDict(DictHandler):
 
     def __init__(self, config: Config):
         self.config = config
+        # Striped: bounded memory however many addresses are created.
+        self._locks = [threading.Lock() for _ in range(64)]
 
     def lookup(self, key: str, user: str | None) -> str | None:
         namespace, _, rest = key.partition("/")
@@ -157,18 +156,19 @@ class AuthDict(DictHandler):
         except ValueError:
             log.warning("not creating %s: password cannot be hashed", user.addr)
             return None
-        _make_maildir(user)
-        lock = filelock.FileLock(str(user.maildir / "password.lock"), timeout=LOCK_TIMEOUT)
-        try:
-            with lock:
-                stored = user.get_password_hash()
-                if stored is not None:
-                    return stored
+        # doveauth is the only writer of password files, so a lock in this process
+        # serialises creations of one address; O_EXCL keeps that true even if it were not.
+        with self._locks[hash(user.addr) % len(self._locks)]:
+            stored = user.get_password_hash()
+            if stored is not None:
+                return stored
+            _make_maildir(user)
+            try:
+                _create_exclusive(user.password_path, new_hash)
+            except FileExistsError:
+                # Left empty or damaged by a crash: replace it.
                 _write_atomic(user.password_path, new_hash)
-                user.enforce_e2ee_path.touch()
-        except filelock.Timeout:
-            log.error("timeout waiting for the creation lock of %s", user.addr)
-            return None
+            user.enforce_e2ee_path.touch()
         print(f"Created address: {user.addr}", file=sys.stderr, flush=True)
         return new_hash
 
@@ -194,6 +194,13 @@ def _make_maildir(user: User) -> None:
         # the account belongs to whoever owns the mailboxes directory.
         parent = user.maildir.parent.stat()
         os.chown(user.maildir, parent.st_uid, parent.st_gid)
+
+
+def _create_exclusive(path, text: str) -> None:
+    """Create ``path`` with ``text``; FileExistsError if it is there already."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _write_atomic(path, text: str) -> None:

@@ -75,6 +75,9 @@ service imap-login {{
 }}
 service imap {{
   process_limit = 10000
+  # As on the relay: every mailbox has the same uid, so imap processes can be reused.
+  service_count = 100
+  process_min_avail = 4
 }}
 service lmtp {{
   inet_listener lmtp {{

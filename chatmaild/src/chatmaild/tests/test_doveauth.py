@@ -153,10 +153,11 @@ def test_resource_limits_block_only_new_accounts(tmp_path):
     assert resource_problem(auth.config) is None
 
 
-def test_empty_password_file_counts_as_missing_and_is_replaced(auth):
+@pytest.mark.parametrize("damaged", ["", "{SHA512-CRYPT}$6$abc", "garbage\n"])
+def test_damaged_password_file_counts_as_missing_and_is_replaced(auth, damaged):
     user = auth.config.get_user(f"abcdefghi@{DOMAIN}")
     user.maildir.mkdir(parents=True)
-    user.password_path.write_text("")
+    user.password_path.write_text(damaged)
     assert auth.lookup(f"shared/userdb/{user.addr}", None) is None
     stored = passdb(auth, user.addr, "password123")
     assert verify_password("password123", stored)
