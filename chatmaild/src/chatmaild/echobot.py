@@ -124,6 +124,16 @@ def transport_params(config: Config, password: str) -> dict:
     }
 
 
+def write_invite(state_dir: Path, invite: str) -> Path:
+    """Store the bot's SecureJoin invite as ``<state_dir>/invite`` (readable by all)."""
+    path = state_dir / "invite"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(invite + "\n")
+    tmp.chmod(0o644)
+    tmp.replace(path)
+    return path
+
+
 def run_bot(config: Config, state_dir: Path, password: str) -> None:
     """Log in (configuring the account on first start) and echo forever."""
     from deltachat_rpc_client import Bot, DeltaChat, Rpc, events
@@ -142,6 +152,9 @@ def run_bot(config: Config, state_dir: Path, password: str) -> None:
             # The bot runs on its relay: naming the servers skips autoconfig over HTTPS,
             # which may not be served yet while a deploy is still running.
             account.add_or_update_transport(transport_params(config, password))
+        # Relays only carry encrypted mail, so a user first needs the bot's key: its
+        # SecureJoin invite link is kept here.
+        write_invite(Path(state_dir), account.get_qr_code())
         bot.run_forever()
 
 

@@ -82,6 +82,7 @@ SUBCOMMAND_MODULES = [
     "cmdeploy.run",
     "cmdeploy.dnsrecords",
     "cmdeploy.status",
+    "cmdeploy.online",
     "cmdeploy.www",
     "cmdeploy.lab.cli",
 ]

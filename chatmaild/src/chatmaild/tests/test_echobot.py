@@ -187,3 +187,12 @@ def test_bot_names_its_own_relay_as_servers():
         "imapServer": "chat.example.org",
         "smtpServer": "chat.example.org",
     }
+
+
+def test_invite_is_written_atomically_and_readable(tmp_path):
+    from chatmaild.echobot import write_invite
+
+    path = write_invite(tmp_path, "OPENPGP4FPR:ABC#a=echo%40x&n=Echo")
+    assert path.read_text() == "OPENPGP4FPR:ABC#a=echo%40x&n=Echo\n"
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert list(tmp_path.iterdir()) == [path]

@@ -17,6 +17,9 @@ from chatmaild.config import read_config, render_initial_config
 from .lab import Lab
 
 DEFAULT_WORKDIR = Path("lab-relays")
+# Lab relays cannot reach the public push server; a test may listen here instead
+# (the client namespace's address), see tests/online/pushserver.py.
+LAB_PUSH_PORT = 8383
 
 
 @dataclass
@@ -51,7 +54,11 @@ def cmdeploy(
 
 def write_config(lab: Lab, relay: LabRelay, overrides: dict | None = None) -> None:
     relay.workdir.mkdir(parents=True, exist_ok=True)
-    settings = {"dns_forward_zones": f"lab@{lab.dns_ip}", **(overrides or {})}
+    settings = {
+        "dns_forward_zones": f"lab@{lab.dns_ip}",
+        "notification_url": f"http://{lab.client_ip}:{LAB_PUSH_PORT}/notify",
+        **(overrides or {}),
+    }
     relay.ini.write_text(render_initial_config(relay.domain, settings))
 
 

@@ -1,0 +1,137 @@
+"""``cmdeploy bench``: figures for a deployed relay (and a second one), not pass/fail.
+
+Each benchmark runs a few times; the table at the end shows median, min and max seconds.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from deltachat_rpc_client import DeltaChat, Rpc
+from deltachat_rpc_client.const import EventType
+
+RESULTS: dict[str, list[float]] = {}
+
+
+def measure(name: str, func, n: int) -> None:
+    for _ in range(n):
+        start = time.perf_counter()
+        func()
+        RESULTS.setdefault(name, []).append(time.perf_counter() - start)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def table():
+    yield
+    lines = ["", "benchmark results", f"{'benchmark name':36} {'median':>8} {'min':>8} {'max':>8}"]
+    for name, values in RESULTS.items():
+        lines.append(
+            f"{name:36} {statistics.median(values):8.3f} {min(values):8.3f} {max(values):8.3f}"
+        )
+    print("\n".join(lines))
+
+
+@pytest.fixture(scope="module")
+def dc(tmp_path_factory):
+    server = Path(sys.executable).parent / "deltachat-rpc-server"
+    accounts = tmp_path_factory.mktemp("bench") / "accounts"
+    with Rpc(accounts_dir=str(accounts), rpc_server_path=str(server)) as rpc:
+        yield DeltaChat(rpc)
+
+
+def test_tls_connect_imap(domain, ssl_context):
+    measure(
+        "tls connect imap (993)",
+        lambda: imaplib.IMAP4_SSL(domain, 993, ssl_context=ssl_context).logout(),
+        10,
+    )
+
+
+def test_tls_connect_smtp(domain, ssl_context):
+    measure(
+        "tls connect smtp (465)",
+        lambda: smtplib.SMTP_SSL(domain, 465, context=ssl_context).quit(),
+        10,
+    )
+
+
+def test_login_new_account_imap(domain, ssl_context, creds):
+    def login():
+        conn = imaplib.IMAP4_SSL(domain, 993, ssl_context=ssl_context)
+        conn.login(creds.addr(), creds.password())
+        conn.logout()
+
+    measure("login new account imap", login, 10)
+
+
+def test_login_new_account_smtp(domain, ssl_context, creds):
+    def login():
+        conn = smtplib.SMTP_SSL(domain, 465, context=ssl_context)
+        conn.login(creds.addr(), creds.password())
+        conn.quit()
+
+    measure("login new account smtp", login, 10)
+
+
+def online_account(dc, creds, domain):
+    account = dc.add_account()
+    account.add_or_update_transport({"addr": creds.addr(domain), "password": creds.password(),
+                                     "imapServer": domain, "smtpServer": domain})  # fmt: skip
+    account.bring_online()
+    return account
+
+
+def wait_text(account, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = account.wait_for_event()
+        if event.kind == EventType.INCOMING_MSG:
+            if account.get_message_by_id(event.msg_id).get_snapshot().text == text:
+                return
+    raise TimeoutError(f"{text!r} not received within {timeout}s")
+
+
+def test_configure_to_online(dc, creds, domain):
+    measure("delta chat configure to online", lambda: online_account(dc, creds, domain), 5)
+
+
+def _ping_pong(dc, creds, d1, d2, name):
+    a, b = online_account(dc, creds, d1), online_account(dc, creds, d2)
+    chat_ab, chat_ba = a.create_chat(b), b.create_chat(a)
+
+    def round_trip():
+        chat_ab.send_text("ping")
+        wait_text(b, "ping")
+        chat_ba.send_text("pong")
+        wait_text(a, "pong")
+
+    round_trip()  # warm up: key exchange, first IDLE
+    measure(name, round_trip, 5)
+
+
+def test_ping_pong_one_relay(dc, creds, domain):
+    _ping_pong(dc, creds, domain, domain, "ping-pong one relay")
+
+
+def test_ping_pong_two_relays(dc, creds, domain, domain2):
+    _ping_pong(dc, creds, domain, domain2, "ping-pong two relays")
+
+
+def test_send_burst_receive(dc, creds, domain, config):
+    # Within the sender's burst allowance, so the rate limit does not shape the figure.
+    n = min(10, config.max_user_send_burst_size)
+    a, b = online_account(dc, creds, domain), online_account(dc, creds, domain)
+    chat = a.create_chat(b)
+
+    def burst():
+        for i in range(n):
+            chat.send_text(f"burst {i}")
+        wait_text(b, f"burst {n - 1}", timeout=120)
+
+    measure(f"send {n}, receive {n}", burst, 1)

@@ -1,0 +1,206 @@
+"""Real Delta Chat clients (deltachat-rpc-server) against the relay, and across two relays."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from deltachat_rpc_client import DeltaChat, Rpc
+from deltachat_rpc_client.const import EventType
+
+
+@pytest.fixture(scope="module")
+def dc(tmp_path_factory):
+    server = Path(sys.executable).parent / "deltachat-rpc-server"
+    accounts = tmp_path_factory.mktemp("deltachat") / "accounts"
+    with Rpc(accounts_dir=str(accounts), rpc_server_path=str(server)) as rpc:
+        yield DeltaChat(rpc)
+
+
+# imaplib knows no METADATA commands (RFC 5464).
+imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
+imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
+
+
+def addr_of(account) -> str:
+    return account.self_contact.get_snapshot().address
+
+
+@pytest.fixture
+def make_account(dc, creds):
+    """An online Delta Chat account on ``domain`` (logged in with explicit servers);
+    ``account.test_password`` keeps its password for direct IMAP use."""
+
+    def make(domain):
+        account = dc.add_account()
+        password = creds.password()
+        account.add_or_update_transport({
+            "addr": creds.addr(domain), "password": password,
+            "imapServer": domain, "smtpServer": domain,
+        })  # fmt: skip
+        account.bring_online()
+        account.test_password = password
+        return account
+
+    return make
+
+
+def wait_for_text(account, text: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = account.wait_for_event()
+        if event.kind == EventType.INCOMING_MSG:
+            msg = account.get_message_by_id(event.msg_id).get_snapshot()
+            if msg.text == text:
+                return msg
+    pytest.fail(f"{text!r} did not arrive within {timeout}s")
+
+
+def test_one_on_one_chat_on_one_relay(make_account, domain):
+    ac1, ac2 = make_account(domain), make_account(domain)
+    ac1.create_chat(ac2).send_text("hello on one relay")
+    msg = wait_for_text(ac2, "hello on one relay")
+    assert msg.show_padlock
+
+
+def test_one_on_one_chat_across_relays(make_account, domain, domain2):
+    ac1, ac2 = make_account(domain), make_account(domain2)
+    ac1.create_chat(ac2).send_text("hello across relays")
+    assert wait_for_text(ac2, "hello across relays").show_padlock
+    ac2.create_chat(ac1).send_text("and back")
+    assert wait_for_text(ac1, "and back").show_padlock
+
+
+def test_securejoin_across_relays(make_account, domain, domain2):
+    inviter, joiner = make_account(domain), make_account(domain2)
+    joiner.secure_join(inviter.get_qr_code())
+    inviter.wait_for_securejoin_inviter_success()
+    joiner.wait_for_securejoin_joiner_success()
+    # Both success events above mean the handshake crossed the relays both ways.
+    contact = inviter.get_contact_by_addr(addr_of(joiner))
+    assert contact.get_snapshot().e2ee_avail
+
+
+def test_read_receipts_across_relays(make_account, domain, domain2):
+    ac1, ac2 = make_account(domain), make_account(domain2)
+    for ac in (ac1, ac2):
+        ac.set_config("mdns_enabled", "1")
+    ac2.create_chat(ac1)  # accepted: no read receipts are sent for contact requests
+    msg = ac1.create_chat(ac2).send_text("read me")
+    incoming = wait_for_text(ac2, "read me")
+    ac2.mark_seen_messages([ac2.get_message_by_id(incoming.id)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        event = ac1.wait_for_event()
+        if event.kind == EventType.MSG_READ and event.msg_id == msg.id:
+            return
+        if event.kind == EventType.ERROR:
+            pytest.fail(f"error while waiting for the read receipt: {event.msg}")
+    pytest.fail("no read receipt within 60s")
+
+
+def test_configure_from_dcaccount_new_url(dc, domain):
+    for _ in range(3):
+        account = dc.add_account()
+        account.add_transport_from_qr(f"dcaccount:https://{domain}/new")
+        assert account.is_configured()
+        assert addr_of(account).endswith(f"@{domain}")
+
+
+def test_configure_from_dcaccount_domain(dc, domain):
+    account = dc.add_account()
+    account.add_transport_from_qr(f"dcaccount:{domain}")
+    assert account.is_configured()
+    assert addr_of(account).endswith(f"@{domain}")
+
+
+def test_echobot_replies(make_account, domain, remote):
+    invite = remote.run("cat /var/lib/echobot/invite").stdout.strip()
+    ac = make_account(domain)
+    ac.secure_join(invite)
+    ac.wait_for_securejoin_joiner_success()
+    chat = ac.get_contact_by_addr(f"echo@{domain}").create_chat()
+    chat.send_text("/help")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        event = ac.wait_for_event()
+        if event.kind == EventType.INCOMING_MSG:
+            text = ac.get_message_by_id(event.msg_id).get_snapshot().text
+            if "echo" in text.lower():
+                break
+    else:
+        pytest.fail("echobot did not answer /help within 60s")
+    chat.send_text("ping from the test")
+    assert wait_for_text(ac, "ping from the test").text == "ping from the test"
+
+
+def test_metadata_device_tokens_accumulate(imap, creds):
+    conn = imap()
+    conn.login(creds.addr(), creds.password())
+    for token in ("1111", "2222"):
+        typ, data = conn._simple_command(
+            "SETMETADATA", "INBOX", f'(/private/devicetoken "{token}")'
+        )
+        assert typ == "OK", data
+    typ, data = conn._simple_command("GETMETADATA", "INBOX", "/private/devicetoken")
+    assert typ == "OK"
+    # The value arrives as a literal: imaplib keeps it as the second item of a tuple.
+    values = [
+        item[1] for item in conn.untagged_responses.get("METADATA", []) if isinstance(item, tuple)
+    ]
+    assert values == [b"1111 2222"]
+
+
+def test_push_notification_reaches_the_notification_server(make_account, imap, domain, config):
+    """The relay POSTs a registered device token when mail arrives (lab push server).
+
+    Core 2.65 offers no JSON-RPC call to register a token; the test registers it the way
+    core does, with SETMETADATA on the recipient's INBOX."""
+    from cmdeploy.tests.online.pushserver import PushServer
+
+    server = PushServer.for_url(config.notification_url)
+    if server is None:
+        pytest.skip(f"{config.notification_url} is not served from this machine")
+    with server:
+        recipient, sender = make_account(domain), make_account(domain)
+        conn = imap()
+        conn.login(addr_of(recipient), recipient.test_password)
+        typ, _ = conn._simple_command(
+            "SETMETADATA", "INBOX", '(/private/devicetoken "test-token-77")'
+        )
+        assert typ == "OK"
+        sender.create_chat(recipient).send_text("wake up")
+        assert server.wait_for("test-token-77", timeout=60)
+
+
+def test_quota_exceeded_is_reported(make_account, remote, config, domain):
+    recipient, sender = make_account(domain), make_account(domain)
+    addr = addr_of(recipient)
+    maildir = f"{config.mailboxes_dir}/{addr}"
+    size = config.max_mailbox_size
+    # A message file claiming the whole quota, named as Dovecot names them (S=<size>).
+    fake = f"{maildir}/cur/1700000000.M1P1.fake,S={size},W={size}:2,"
+    remote.run(f"install -o vmail -g vmail -d {maildir}/cur && touch '{fake}' && "
+               f"chown vmail: '{fake}' && doveadm quota recalc -u {addr}")  # fmt: skip
+    since = remote.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    sender.create_chat(recipient).send_text("does not fit")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        log = remote.run(f"journalctl -u dovecot --since '{since}' --no-pager", check=False).stdout
+        if "Quota exceeded" in log:
+            return
+        time.sleep(1)
+    pytest.fail("no 'Quota exceeded' in the Dovecot log within 60s")
+
+
+def test_new_endpoint_json_is_usable_by_core(dc, domain, ssl_context):
+    req = urllib.request.Request(f"https://{domain}/new", method="POST")
+    creds = json.loads(urllib.request.urlopen(req, context=ssl_context, timeout=30).read())
+    account = dc.add_account()
+    account.add_or_update_transport({"addr": creds["email"], "password": creds["password"]})
+    assert account.is_configured()
