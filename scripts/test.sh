@@ -36,6 +36,21 @@ set +e
 venv/bin/pytest -q -m lab "$@"
 rc=$?
 set -e
-# 5 = nothing collected: no lab tests exist yet, which is not a failure of the suite.
+# 5 = nothing collected (no lab tests selected), not a failure of the suite.
 [ "$rc" = 5 ] && rc=0
+[ "$rc" = 0 ] || exit "$rc"
+
+echo "== online suite (cmdeploy test, cmdeploy bench) against two fresh lab relays"
+work=$(mktemp -d /tmp/chatmail-online-XXXXXX)
+cleanup() { venv/bin/cmdeploy lab down >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+venv/bin/cmdeploy lab relay relay1 --workdir "$work" >/dev/null
+venv/bin/cmdeploy lab relay relay2 --workdir "$work" >/dev/null
+lab=(--config "$work/relay1/chatmail.ini" --ssh-config /var/lib/chatmail-lab/ssh_config)
+online=(--relay2 _relay2.lab --ssh-host2 relay2 --netns cmlab-client)
+set +e
+venv/bin/cmdeploy "${lab[@]}" test "${online[@]}"
+rc=$?
+venv/bin/cmdeploy "${lab[@]}" bench "${online[@]}" | sed -n '/benchmark results/,$p'
+set -e
 exit "$rc"

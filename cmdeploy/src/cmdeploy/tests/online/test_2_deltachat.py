@@ -13,6 +13,8 @@ import pytest
 from deltachat_rpc_client import DeltaChat, Rpc
 from deltachat_rpc_client.const import EventType
 
+from cmdeploy.tests.online.dcutil import addr_of, online_account, wait_for, wait_text
+
 
 @pytest.fixture(scope="module")
 def dc(tmp_path_factory):
@@ -27,53 +29,25 @@ imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
 imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
 
 
-def addr_of(account) -> str:
-    return account.self_contact.get_snapshot().address
-
-
 @pytest.fixture
 def make_account(dc, creds):
-    """An online Delta Chat account on ``domain`` (logged in with explicit servers);
-    ``account.test_password`` keeps its password for direct IMAP use."""
-
-    def make(domain):
-        account = dc.add_account()
-        password = creds.password()
-        account.add_or_update_transport({
-            "addr": creds.addr(domain), "password": password,
-            "imapServer": domain, "smtpServer": domain,
-        })  # fmt: skip
-        account.bring_online()
-        account.test_password = password
-        return account
-
-    return make
-
-
-def wait_for_text(account, text: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        event = account.wait_for_event()
-        if event.kind == EventType.INCOMING_MSG:
-            msg = account.get_message_by_id(event.msg_id).get_snapshot()
-            if msg.text == text:
-                return msg
-    pytest.fail(f"{text!r} did not arrive within {timeout}s")
+    """An online Delta Chat account on ``domain``; ``account.test_password`` is its password."""
+    return lambda domain: online_account(dc, creds.addr(domain), creds.password(), domain)
 
 
 def test_one_on_one_chat_on_one_relay(make_account, domain):
     ac1, ac2 = make_account(domain), make_account(domain)
     ac1.create_chat(ac2).send_text("hello on one relay")
-    msg = wait_for_text(ac2, "hello on one relay")
+    msg = wait_text(ac2, "hello on one relay")
     assert msg.show_padlock
 
 
 def test_one_on_one_chat_across_relays(make_account, domain, domain2):
     ac1, ac2 = make_account(domain), make_account(domain2)
     ac1.create_chat(ac2).send_text("hello across relays")
-    assert wait_for_text(ac2, "hello across relays").show_padlock
+    assert wait_text(ac2, "hello across relays").show_padlock
     ac2.create_chat(ac1).send_text("and back")
-    assert wait_for_text(ac1, "and back").show_padlock
+    assert wait_text(ac1, "and back").show_padlock
 
 
 def test_securejoin_across_relays(make_account, domain, domain2):
@@ -92,16 +66,14 @@ def test_read_receipts_across_relays(make_account, domain, domain2):
         ac.set_config("mdns_enabled", "1")
     ac2.create_chat(ac1)  # accepted: no read receipts are sent for contact requests
     msg = ac1.create_chat(ac2).send_text("read me")
-    incoming = wait_for_text(ac2, "read me")
+    incoming = wait_text(ac2, "read me")
     ac2.mark_seen_messages([ac2.get_message_by_id(incoming.id)])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        event = ac1.wait_for_event()
-        if event.kind == EventType.MSG_READ and event.msg_id == msg.id:
-            return
-        if event.kind == EventType.ERROR:
-            pytest.fail(f"error while waiting for the read receipt: {event.msg}")
-    pytest.fail("no read receipt within 60s")
+
+    def read_or_error(event):
+        assert event.kind != EventType.ERROR, f"error while waiting for the receipt: {event.msg}"
+        return event.msg_id == msg.id
+
+    wait_for(ac1, EventType.MSG_READ, 60, read_or_error)
 
 
 def test_configure_from_dcaccount_new_url(dc, domain):
@@ -126,17 +98,13 @@ def test_echobot_replies(make_account, domain, remote):
     ac.wait_for_securejoin_joiner_success()
     chat = ac.get_contact_by_addr(f"echo@{domain}").create_chat()
     chat.send_text("/help")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        event = ac.wait_for_event()
-        if event.kind == EventType.INCOMING_MSG:
-            text = ac.get_message_by_id(event.msg_id).get_snapshot().text
-            if "echo" in text.lower():
-                break
-    else:
-        pytest.fail("echobot did not answer /help within 60s")
+
+    def is_help(event):
+        return "echo" in ac.get_message_by_id(event.msg_id).get_snapshot().text.lower()
+
+    wait_for(ac, EventType.INCOMING_MSG, 60, is_help)
     chat.send_text("ping from the test")
-    assert wait_for_text(ac, "ping from the test").text == "ping from the test"
+    assert wait_text(ac, "ping from the test").text == "ping from the test"
 
 
 def test_metadata_device_tokens_accumulate(imap, creds):
