@@ -150,3 +150,18 @@ def test_old_messages_are_expunged(remote, config):
         f"find {config.mailboxes_dir} -path '*/new/*' -mtime +{days} -type f | head -5"
     ).stdout
     assert out.strip() == ""
+
+
+def test_cleartext_from_other_relays_is_refused(domain, ssl_context, account):
+    rcpt, _ = account  # an existing account: it only accepts encrypted mail
+    sender = "someone@example.org"
+    conn = smtplib.SMTP(domain, 25, timeout=30)
+    try:
+        conn.ehlo("test.invalid")
+        conn.starttls(context=ssl_context)
+        conn.ehlo("test.invalid")
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            conn.sendmail(sender, [rcpt], mailgen.plain(from_addr=sender, to=rcpt))
+    finally:
+        conn.close()
+    assert e.value.smtp_code == 523
