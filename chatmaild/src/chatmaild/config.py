@@ -128,6 +128,14 @@ def _forward_zones(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(zones)
 
 
+def _addresses(text: str) -> frozenset[str]:
+    addrs = text.split()
+    for addr in addrs:
+        if addr.count("@") != 1 or addr.startswith("@") or addr.endswith("@"):
+            raise ValueError(f"not an address: {addr!r}")
+    return frozenset(a.lower() for a in addrs)
+
+
 def _cert_and_key(text: str) -> tuple[Path, Path] | None:
     parts = text.split()
     if not parts:
@@ -176,6 +184,7 @@ _KEYS: dict[str, tuple] = {
     "mailboxes_dir": (_abs_path, None),
     "nocreate_file": (_abs_path, "/etc/chatmail-nocreate"),
     "dns_forward_zones": (_forward_zones, ""),
+    "rate_limit_exempt": (_addresses, ""),
 }
 
 
@@ -219,6 +228,7 @@ class Config:
     mailboxes_dir: Path
     nocreate_file: Path
     dns_forward_zones: tuple[tuple[str, str], ...]
+    rate_limit_exempt: frozenset[str]
     config_path: Path | None = None
     unknown_keys: tuple[str, ...] = field(default=())
 

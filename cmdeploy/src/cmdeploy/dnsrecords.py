@@ -89,7 +89,7 @@ def zone_text(config: Config, facts: RelayFacts) -> str:
 
 
 def gather_facts(remote: Remote, config: Config, resolver: dns.resolver.Resolver) -> RelayFacts:
-    """What only the relay knows, plus its addresses (DNS first, else the SSH address)."""
+    """What only the relay knows, plus its addresses."""
     key = "/etc/dkimkeys/opendkim.private"
     proc = remote.run(f"openssl pkey -in {key} -pubout 2>/dev/null", check=False)
     if proc.returncode != 0:
@@ -99,15 +99,15 @@ def gather_facts(remote: Remote, config: Config, resolver: dns.resolver.Resolver
     if config.tls_cert_mode == "acme":
         out = remote.run("acmetool account-url 2>/dev/null", check=False).stdout.strip()
         acme = out or None
-    ipv4 = _addresses(resolver, config.mail_domain, "A")
-    ipv6 = _addresses(resolver, config.mail_domain, "AAAA")
-    if not ipv4 and not ipv6:
-        host = remote.resolved().get("hostname", remote.host)
-        try:
-            ip = ipaddress.ip_address(host)
-            (ipv4 if ip.version == 4 else ipv6).append(str(ip))
-        except ValueError:
-            pass
+    # The records describe the server being talked to: when SSH reaches it by address
+    # (a new server during a migration, a lab host), that address; else today's DNS.
+    host = remote.resolved().get("hostname", remote.host)
+    try:
+        ip = ipaddress.ip_address(host)
+        ipv4, ipv6 = ([str(ip)], []) if ip.version == 4 else ([], [str(ip)])
+    except ValueError:
+        ipv4 = _addresses(resolver, config.mail_domain, "A")
+        ipv6 = _addresses(resolver, config.mail_domain, "AAAA")
     sts_id = _existing_sts_id(resolver, config) or time.strftime("%Y%m%d%H%M", time.gmtime())
     return RelayFacts(ipv4, ipv6, dkim, acme, sts_id)
 

@@ -29,6 +29,10 @@ mail_domain = {mail_domain}
 #max_user_send_per_minute = 60
 #max_user_send_burst_size = 10
 
+# Addresses that may send without these limits: only for the accounts of
+# 'cmdeploy bench', never for people (it lifts spam protection for them).
+#rate_limit_exempt =
+
 # Mailbox quota per account; the oldest messages are removed when it fills.
 #max_mailbox_size = 500M
 

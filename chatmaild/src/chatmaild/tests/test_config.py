@@ -63,6 +63,7 @@ def test_values_are_parsed_into_types():
     assert config.tls_cert_mode == "external"
     assert config.tls_cert_path == Path("/etc/c.pem")
     assert config.tls_key_path == Path("/etc/k.pem")
+    assert make(rate_limit_exempt="A@X.org b@y.org").rate_limit_exempt == {"a@x.org", "b@y.org"}
     assert make(dns_forward_zones="lab@10.77.0.1 test.@::1").dns_forward_zones == (
         ("lab", "10.77.0.1"),
         ("test", "::1"),
@@ -91,6 +92,7 @@ def test_underscore_domain_is_self_signed():
         ("mailboxes_dir", "relative/dir"),
         ("dns_forward_zones", "lab"),
         ("dns_forward_zones", "lab@not-an-ip"),
+        ("rate_limit_exempt", "bench@x.org nobody"),
     ],
 )
 def test_wrong_value_names_key_and_value(key, value):

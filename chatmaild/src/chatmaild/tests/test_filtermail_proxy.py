@@ -209,6 +209,20 @@ def test_rate_limit_applies_across_connections(start_filtermail, sink):
     assert len(sink.received) == 4
 
 
+def test_rate_limit_exempt_senders_are_not_limited(start_filtermail, sink):
+    fm = start_filtermail(
+        "outgoing", sink.port, max_user_send_per_minute=1, max_user_send_burst_size=1,
+        rate_limit_exempt=f"{ALICE.upper()} other@example.org",
+    )  # fmt: skip
+    for _ in range(5):
+        fm.send(read("encrypted.eml"))
+    erin = read("encrypted.eml").replace(ALICE.encode(), b"erin@example.org")
+    fm.send(erin, mail_from="erin@example.org")
+    with pytest.raises(smtplib.SMTPSenderRefused):
+        fm.send(erin, mail_from="erin@example.org")
+    assert len(sink.received) == 6
+
+
 def test_reinject_down_never_answers_250(start_filtermail):
     fm = start_filtermail("outgoing", free_port())
     with pytest.raises(smtplib.SMTPDataError) as e:

@@ -123,8 +123,9 @@ def relay_cmd(args) -> int:
     from cmdeploy.cli import fail
 
     lab = Lab()
+    overrides = dict(item.split("=", 1) for item in args.set)
     try:
-        relay = lab_relay(lab, args.name, args.workdir.resolve())
+        relay = lab_relay(lab, args.name, args.workdir.resolve(), overrides or None)
     except Exception as e:  # the operator sees one clear line, not a traceback
         return fail(f"could not set up the lab relay: {e}")
     print(f"deployed {relay.domain} in {relay.deploy_seconds[-1]:.0f}s\n")
@@ -139,4 +140,6 @@ def register(lab_subparsers) -> None:
     p.add_argument("name", nargs="?", default="relay1", help="lab host (default relay1)")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                    help="where the relay's chatmail.ini and zone are kept (default ./lab-relays)")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a chatmail.ini setting for this relay (repeatable)")  # fmt: skip
     p.set_defaults(func=relay_cmd)

@@ -6,6 +6,8 @@ Each benchmark runs a few times; the table at the end shows median, min and max 
 from __future__ import annotations
 
 import imaplib
+import os
+import secrets
 import smtplib
 import statistics
 import sys
@@ -111,11 +113,27 @@ def test_ping_pong_two_relays(dc, creds, domain, domain2):
     _ping_pong(dc, creds, domain, domain2, "ping-pong two relays")
 
 
+def bench_password(ini: Path) -> str:
+    """The password of the bench accounts, kept beside chatmail.ini (made on first use)."""
+    path = ini.parent / "bench-password"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(18))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def test_send_burst_receive(dc, creds, domain, config):
-    # Within the sender's burst allowance (less the one message GCRA may already count),
-    # so the relay's rate limit does not shape the figure.
-    n = max(1, min(10, config.max_user_send_burst_size - 1))
-    a, b = online_account(dc, creds, domain), online_account(dc, creds, domain)
+    exempt = sorted(a for a in config.rate_limit_exempt if a.endswith(f"@{domain}"))
+    if len(exempt) >= 2:
+        # The documented override (rate_limit_exempt) lifts the send limit for this pair.
+        password = bench_password(Path(os.environ["CHATMAIL_INI"]))
+        a, b = (_online(dc, addr, password, domain) for addr in exempt[:2])
+        n = 50
+    else:
+        # Within the sender's burst allowance (less the one message GCRA may already
+        # count), so the relay's rate limit does not shape the figure.
+        a, b = online_account(dc, creds, domain), online_account(dc, creds, domain)
+        n = max(1, min(10, config.max_user_send_burst_size - 1))
     b.create_chat(a)  # accepted: messages of a contact request raise no INCOMING_MSG
     chat = a.create_chat(b)
 
