@@ -124,11 +124,14 @@ class Lab:
                 state["links"].append(self.bridge)
             self._save(state)
             wanted = [self._host(i) for i in range(1, hosts + 1)]
+            new_zones = False
             for h in wanted:
                 zone = self.zone_dir / f"{h.domain}.conf"
                 if not zone.exists():
                     self._write_zone(h.domain, dns.host_zone(h.domain, h.ip))
-            self._ensure_dnsmasq(state, restart=False)
+                    new_zones = True
+            # dnsmasq reads its zone files at start: a host added to a running lab needs it.
+            self._ensure_dnsmasq(state, restart=new_zones)
             self._ensure_tinyproxy(state)
             self._ensure_client_ns(state)
             started = self._start_hosts(state, wanted, base)
