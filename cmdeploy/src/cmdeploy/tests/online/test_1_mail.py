@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.utils
 import random
 import smtplib
 import socket
@@ -165,3 +166,16 @@ def test_cleartext_from_other_relays_is_refused(domain, ssl_context, account):
     finally:
         conn.close()
     assert e.value.smtp_code == 523
+
+
+def test_bounces_are_dkim_signed(smtp, imap, creds, domain, domain2):
+    """Mail to an unknown address of relay 1 bounces to a sender on relay 2, which takes
+    mail from other relays only with a valid DKIM signature of the sending domain."""
+    sender, password = creds.addr(domain2), creds.password()
+    imap(domain2).login(sender, password)
+    nobody = creds.addr(domain)  # never logged in: no such account
+    send(lambda: smtp(domain2), sender, password, encrypted(sender, nobody), sender, [nobody])
+    (raw,) = wait_for_messages(lambda: imap(domain2), sender, password, timeout=60)
+    bounce = email.message_from_bytes(raw)
+    assert email.utils.parseaddr(bounce["From"])[1].lower() == f"mailer-daemon@{domain}"
+    assert bounce.get_content_type() == "multipart/report"
