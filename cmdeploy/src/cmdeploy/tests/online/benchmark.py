@@ -10,12 +10,10 @@ import os
 import secrets
 import smtplib
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from deltachat_rpc_client import DeltaChat, Rpc
 
 from cmdeploy.tests.online.dcutil import online_account as _online
 from cmdeploy.tests.online.dcutil import wait_text
@@ -39,14 +37,6 @@ def table():
             f"{name:36} {statistics.median(values):8.3f} {min(values):8.3f} {max(values):8.3f}"
         )
     print("\n".join(lines))
-
-
-@pytest.fixture(scope="module")
-def dc(tmp_path_factory):
-    server = Path(sys.executable).parent / "deltachat-rpc-server"
-    accounts = tmp_path_factory.mktemp("bench") / "accounts"
-    with Rpc(accounts_dir=str(accounts), rpc_server_path=str(server)) as rpc:
-        yield DeltaChat(rpc)
 
 
 def test_tls_connect_imap(domain, ssl_context):

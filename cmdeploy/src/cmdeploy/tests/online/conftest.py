@@ -12,6 +12,7 @@ import random
 import smtplib
 import ssl
 import string
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,32 @@ def smtp(domain, ssl_context):
             conn.quit()
         except (smtplib.SMTPException, OSError):
             pass
+
+
+@pytest.fixture
+def smtp25(domain, ssl_context):
+    """Connect to the relay's port 25 as another relay would (STARTTLS)."""
+    conns = []
+
+    def connect():
+        conn = smtplib.SMTP(domain, 25, timeout=30)
+        conns.append(conn)
+        conn.ehlo("test.invalid")
+        conn.starttls(context=ssl_context)
+        conn.ehlo("test.invalid")
+        return conn
+
+    yield connect
+    for conn in conns:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def dc(tmp_path_factory):
+    """Real Delta Chat core (deltachat-rpc-server from this venv), one per test module."""
+    from deltachat_rpc_client import DeltaChat, Rpc
+
+    server = Path(sys.executable).parent / "deltachat-rpc-server"
+    accounts = tmp_path_factory.mktemp("deltachat") / "accounts"
+    with Rpc(accounts_dir=str(accounts), rpc_server_path=str(server)) as rpc:
+        yield DeltaChat(rpc)

@@ -80,17 +80,11 @@ def test_bad_local_parts_are_refused(imap, creds, domain):
         assert not imap_login(imap, f"{localpart}@{domain}", creds.password())
 
 
-def test_vrfy_does_not_reveal_accounts(imap, creds, domain, ssl_context):
+def test_vrfy_does_not_reveal_accounts(imap, creds, smtp25):
     existing = creds.addr()
     assert imap_login(imap, existing, creds.password())
-    conn = smtplib.SMTP(domain, 25, timeout=30)
-    try:
-        conn.ehlo("test.invalid")
-        conn.starttls(context=ssl_context)
-        conn.ehlo("test.invalid")
-        codes = [conn.verify(a)[0] for a in (existing, creds.addr(), existing.split("@")[0])]
-    finally:
-        conn.quit()
+    conn = smtp25()
+    codes = [conn.verify(a)[0] for a in (existing, creds.addr(), existing.split("@")[0])]
     assert codes == [252, 252, 252]
 
 

@@ -94,18 +94,11 @@ def test_envelope_sender_must_be_the_login(smtp, account, creds):
     assert refusal(e.value)[0] == 553
 
 
-def test_mail_without_dkim_signature_is_refused_on_port_25(domain, ssl_context, account, creds):
+def test_mail_without_dkim_signature_is_refused_on_port_25(smtp25, domain, account):
     rcpt, _ = account
     for forger in (f"fake@{domain}", "fake@example.org"):
-        conn = smtplib.SMTP(domain, 25, timeout=30)
-        try:
-            conn.ehlo("test.invalid")
-            conn.starttls(context=ssl_context)
-            conn.ehlo("test.invalid")
-            with pytest.raises(smtplib.SMTPDataError) as e:
-                conn.sendmail(forger, [rcpt], encrypted(forger, rcpt))
-        finally:
-            conn.close()
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            smtp25().sendmail(forger, [rcpt], encrypted(forger, rcpt))
         assert e.value.smtp_code == 554
         assert b"No valid DKIM signature found" in e.value.smtp_error
 
@@ -153,18 +146,11 @@ def test_old_messages_are_expunged(remote, config):
     assert out.strip() == ""
 
 
-def test_cleartext_from_other_relays_is_refused(domain, ssl_context, account):
+def test_cleartext_from_other_relays_is_refused(smtp25, account):
     rcpt, _ = account  # an existing account: it only accepts encrypted mail
     sender = "someone@example.org"
-    conn = smtplib.SMTP(domain, 25, timeout=30)
-    try:
-        conn.ehlo("test.invalid")
-        conn.starttls(context=ssl_context)
-        conn.ehlo("test.invalid")
-        with pytest.raises(smtplib.SMTPDataError) as e:
-            conn.sendmail(sender, [rcpt], mailgen.plain(from_addr=sender, to=rcpt))
-    finally:
-        conn.close()
+    with pytest.raises(smtplib.SMTPDataError) as e:
+        smtp25().sendmail(sender, [rcpt], mailgen.plain(from_addr=sender, to=rcpt))
     assert e.value.smtp_code == 523
 
 

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import imaplib
 import json
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from deltachat_rpc_client import DeltaChat, Rpc
 from deltachat_rpc_client.const import EventType
 
 from cmdeploy.tests.online.dcutil import addr_of, online_account, wait_for, wait_text
-
-
-@pytest.fixture(scope="module")
-def dc(tmp_path_factory):
-    server = Path(sys.executable).parent / "deltachat-rpc-server"
-    accounts = tmp_path_factory.mktemp("deltachat") / "accounts"
-    with Rpc(accounts_dir=str(accounts), rpc_server_path=str(server)) as rpc:
-        yield DeltaChat(rpc)
-
 
 # imaplib knows no METADATA commands (RFC 5464).
 imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
