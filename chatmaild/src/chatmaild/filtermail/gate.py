@@ -238,19 +238,3 @@ def check_incoming(
         log.info("Incoming: Rejected unencrypted mail.")
         return Verdict(False, ENCRYPTION_NEEDED)
     return ACCEPT
-
-
-def recipient_enforces_e2ee(config, rcpt: str) -> bool:
-    """Whether ``rcpt`` refuses cleartext: its ``enforceE2EEincoming`` file exists.
-
-    The address is normalized the way delivery will treat it (ASCII case, Postfix
-    ``recipient_delimiter = +``) so ``Alice+x@`` cannot dodge ``alice@``'s setting.
-    Anything that is not a local account counts as refusing.
-    """
-    local, sep, domain = mime.ascii_lower(rcpt).rpartition("@")
-    local = local.split("+", 1)[0]
-    try:
-        user = config.get_user(f"{local}@{domain}")
-    except ValueError:
-        return True
-    return user.enforce_e2ee_path.exists()

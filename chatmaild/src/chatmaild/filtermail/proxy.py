@@ -22,6 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from ..config import Config, ConfigError, read_config
 from . import gate, mime
 from .ratelimit import RateLimiter
+from .recipients import recipient_enforces_e2ee
 
 log = logging.getLogger("filtermail")
 
@@ -207,7 +208,7 @@ class FilterHandler:
         if self.mode == "outgoing":
             return gate.check_outgoing(data, mail_from, rcpt_tos)
         return gate.check_incoming(
-            data, mail_from, rcpt_tos, lambda rcpt: gate.recipient_enforces_e2ee(self.config, rcpt)
+            data, mail_from, rcpt_tos, lambda rcpt: recipient_enforces_e2ee(self.config, rcpt)
         )
 
 

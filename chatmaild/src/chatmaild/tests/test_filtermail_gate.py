@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from chatmaild.config import parse_config
 from chatmaild.filtermail import gate, openpgp
 from chatmaild.tests import mailgen
 from chatmaild.tests.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime
@@ -240,28 +239,6 @@ def test_log_lines_for_counting(caplog):
         "Incoming: Filtering unencrypted mail.",
         "Incoming: Filtering mailer-daemon message from MAILER-DAEMON@example.net",
     ]
-
-
-@pytest.fixture
-def config(tmp_path):
-    return parse_config(
-        "[params]\nmail_domain = example.org\n",
-        overrides={"mailboxes_dir": str(tmp_path / "mail")},
-    )
-
-
-def test_enforce_file_is_found_despite_case_and_plus_extension(config):
-    user = config.get_user(BOB)
-    user.maildir.mkdir(parents=True)
-    user.enforce_e2ee_path.touch()
-    for rcpt in (BOB, "BOB@example.org", "bob+chat@example.org", "Bob+x@EXAMPLE.org"):
-        assert gate.recipient_enforces_e2ee(config, rcpt), rcpt
-    assert not gate.recipient_enforces_e2ee(config, "carol@example.org")
-
-
-def test_non_local_or_invalid_recipients_count_as_enforcing(config):
-    for rcpt in ("", "bob", "bob@example.net", "../bob@example.org", "a/b@example.org"):
-        assert gate.recipient_enforces_e2ee(config, rcpt), rcpt
 
 
 # OpenPGP packet framing (RFC 4880 §4.2) on decoded bytes.

@@ -1,0 +1,41 @@
+"""Which envelope recipients are accounts of this relay, failing closed.
+
+A recipient counts as an account only if it is *plainly named*: after ASCII lowercasing
+and stripping a ``+extension`` (Postfix ``recipient_delimiter = +``) the local part uses
+the account charset, the domain is exactly ``mail_domain`` and the password file exists.
+Everything else (``user%relay@relay``, ``relay!user@relay``, quoted local parts, other
+domains, accounts that were never created) is no account: refused at RCPT incoming and
+counted as refusing cleartext, so a rewrite Postfix might do later cannot open a way
+around the gate.
+"""
+
+from __future__ import annotations
+
+from ..config import LOCALPART_RE, Config, User
+
+# Only A-Z change: str.lower() would also map e.g. U+212A KELVIN SIGN to an ASCII "k".
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def local_account(config: Config, rcpt: str) -> User | None:
+    """The existing account that mail for ``rcpt`` would be delivered to, else None."""
+    local, sep, domain = rcpt.translate(_ASCII_LOWER).rpartition("@")
+    local = local.split("+", 1)[0]
+    if not sep or domain != config.mail_domain or not LOCALPART_RE.match(local):
+        return None
+    try:
+        user = config.get_user(f"{local}@{domain}")
+    except ValueError:
+        # Leading, trailing or doubled dots: never created by doveauth.
+        return None
+    return user if user.password_path.exists() else None
+
+
+def recipient_enforces_e2ee(config: Config, rcpt: str) -> bool:
+    """Whether ``rcpt`` refuses cleartext: not an account, or its ``enforceE2EEincoming`` exists.
+
+    The address is normalized the way delivery treats it, so ``Alice+x@`` cannot dodge
+    ``alice@``'s setting.
+    """
+    user = local_account(config, rcpt)
+    return user is None or user.enforce_e2ee_path.exists()
