@@ -31,6 +31,38 @@ TIMERS = {
     "chatmail-metrics": ("chatmail-metrics {ini} /var/lib/chatmail-metrics/metrics", "*:0/5"),
 }
 
+MiB = 1024 * 1024
+
+
+def unit_limits(name: str, config) -> dict:
+    """MemoryHigh/MemoryMax/TasksMax of a chatmaild unit, for the unit templates.
+
+    The sizes are several times the peak RSS measured in the lab under the online suite
+    (docs/operating.md lists the figures). filtermail buffers each message it gates (up to
+    max_message_size, twice while it parses and reinjects), so its cap grows with that
+    limit and the number of messages it holds at once.
+    """
+    if name.startswith("filtermail"):
+        high = 192 * MiB + 8 * config.max_message_size
+        return _limits(high, high + 128 * MiB, 64)
+    mib, tasks = UNIT_MEMORY_MIB.get(name, (256, 32))
+    return _limits(mib * MiB * 3 // 4, mib * MiB, tasks)
+
+
+def _limits(high: int, max_: int, tasks: int) -> dict:
+    return {"memory_high": f"{high // MiB}M", "memory_max": f"{max_ // MiB}M", "tasks_max": tasks}
+
+
+# name -> (MemoryMax in MiB, TasksMax) for the units whose memory does not scale with mail.
+UNIT_MEMORY_MIB = {
+    "doveauth": (256, 32),
+    "lastlogin": (128, 16),
+    "chatmail-metadata": (256, 32),
+    "chatmail-expire": (512, 16),
+    "chatmail-metrics": (256, 16),
+    "echobot": (768, 64),
+}
+
 
 class ServicesDeployer(Deployer):
     name = "chatmaild"
@@ -67,10 +99,11 @@ class ServicesDeployer(Deployer):
         for name, (args, runtime_dir) in DAEMONS.items():
             self.put_template("daemon.service.j2", f"/etc/systemd/system/{name}.service",
                               description=name, exec_start=f"{VENV}/bin/" + args.format(ini=INI),
-                              runtime_dir=runtime_dir)  # fmt: skip
+                              runtime_dir=runtime_dir, **unit_limits(name, self.config))  # fmt: skip
         for name, (args, when) in TIMERS.items():
             self.put_template("oneshot.service.j2", f"/etc/systemd/system/{name}.service",
-                              description=name, exec_start=f"{VENV}/bin/" + args.format(ini=INI))  # fmt: skip
+                              description=name, exec_start=f"{VENV}/bin/" + args.format(ini=INI),
+                              **unit_limits(name, self.config))  # fmt: skip
             self.put_template("timer.j2", f"/etc/systemd/system/{name}.timer",
                               description=name, when=when)  # fmt: skip
         files.directory(name="chatmaild: metrics dir", path="/var/lib/chatmail-metrics",
@@ -105,7 +138,7 @@ class EchobotDeployer(Deployer):
 
     def configure(self) -> None:
         self.put_template("echobot.service.j2", "/etc/systemd/system/echobot.service",
-                          venv=VENV, ini=INI)  # fmt: skip
+                          venv=VENV, ini=INI, **unit_limits("echobot", self.config))  # fmt: skip
 
     def activate(self) -> None:
         if self.options.disable_mail:

@@ -11,6 +11,7 @@ from cmdeploy.dovecot.deployer import DovecotDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
 from cmdeploy.opendkim.deployer import OpenDKIMDeployer
 from cmdeploy.postfix.deployer import MAPS, PostfixDeployer
+from cmdeploy.services.deployer import DAEMONS, TIMERS, ServicesDeployer, unit_limits
 from cmdeploy.unbound.deployer import UnboundDeployer
 
 
@@ -64,6 +65,22 @@ def test_postfix_config_is_valid(config, tmp_path):
     assert {"smtp", "submission", "smtps", "127.0.0.1:10025", "127.0.0.1:10026"} <= services
     assert "smtpd_proxy_filter=127.0.0.1:10080" in master.stdout
     assert "smtpd_proxy_filter=127.0.0.1:10081" in master.stdout
+    # SMTP hardening in main.cf, and no service of master.cf overrides it.
+    hardening = {
+        "allow_percent_hack": "no",
+        "swap_bangpath": "no",
+        "smtpd_forbid_bare_newline": "normalize",
+        "smtpd_forbid_bare_newline_exclusions": "",
+        "smtpd_forbid_unauth_pipelining": "yes",
+        "strict_rfc821_envelopes": "yes",
+    }
+    main = dict(line.split(" = ", 1) if " = " in line else (line.rstrip(" ="), "")
+                for line in out.stdout.splitlines())  # fmt: skip
+    assert {k: main.get(k) for k in hardening} == hardening
+    overrides = subprocess.run(["postconf", "-c", tmp_path, "-P"], capture_output=True, text=True)
+    assert not [line for line in overrides.stdout.splitlines()
+                if line.split("=")[0].rsplit("/", 1)[-1] in hardening]  # fmt: skip
+    assert "smtp/inet/smtpd_data_restrictions = reject_unauth_pipelining" in overrides.stdout
 
 
 def test_postfix_maps_are_valid_regexp_tables(config, tmp_path):
@@ -78,10 +95,76 @@ def test_postfix_maps_are_valid_regexp_tables(config, tmp_path):
 
     assert query("login_map", "abc@chat.example.org") == "abc@chat.example.org"
     assert query("submission_header_cleanup", "Subject: secret plans") == "REPLACE Subject: [...]"
-    assert query("submission_header_cleanup", "User-Agent: x") == "IGNORE"
+    # Postfix takes "Subject : x" for a Subject header too (white space before the colon).
+    for odd in ("Subject : secret", "SUBJECT:secret", "subject\t: secret"):
+        assert query("submission_header_cleanup", odd) == "REPLACE Subject: [...]", odd
+    # The allow-list: headers of Delta Chat's outer message pass, anything else is dropped.
+    for allowed in ALLOWED_HEADERS:
+        assert query("submission_header_cleanup", allowed) == "DUNNO", allowed
+    for dropped in (
+        "User-Agent: x",
+        "X-Secret: x",
+        "Received: from x",
+        "X-Anything: " + "A" * 50_000,
+        "From : a@b",
+        "Chat-Version-X: 1",
+        "Autocrypt-X: 1",
+        "Bcc: a@b",
+        "Sender: a@b",
+    ):
+        assert query("submission_header_cleanup", dropped) == "IGNORE", dropped[:40]
     assert query("lmtp_header_cleanup", "DKIM-Signature: v=1") == "IGNORE"
     assert query("smtp_tls_policy_map", "_relay2.lab") == "encrypt"
     assert query("smtp_tls_policy_map", "example.org") == ""
+
+
+# Top-level headers of what Delta Chat 2.65 sends (captured in the lab, docs/operating.md).
+ALLOWED_HEADERS = [
+    "From: <a@chat.example.org>",
+    "To: <b@other.example>",
+    "Cc: <c@other.example>",
+    "Date: Tue, 01 Dec 2026 10:00:00 +0000",
+    "Message-ID: <Mr.x@localhost>",
+    "In-Reply-To: <Mr.y@localhost>",
+    "References: <Mr.y@localhost>",
+    "MIME-Version: 1.0",
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="x"',
+    "Content-Transfer-Encoding: 7bit",
+    "Chat-Version: 1.0",
+    "Autocrypt: addr=a@chat.example.org; prefer-encrypt=mutual; keydata=xsDNBF",
+    "Autocrypt-Setup-Message: v1",
+    "Secure-Join: vc-request",
+    "Secure-Join-Invitenumber: abc",
+    "Auto-Submitted: auto-replied",
+]
+
+
+def test_units_have_memory_and_task_caps(cert, tmp_path):
+    need("systemd-analyze")
+    config = parse_config(render_initial_config("chat.example.org", {}))
+    d = ServicesDeployer(config, DeployOptions())
+    units = []
+    for name in DAEMONS:
+        text = d.render("daemon.service.j2", description=name, exec_start="/bin/true",
+                        runtime_dir=None, **unit_limits(name, config))  # fmt: skip
+        units.append((name, text))
+    for name in TIMERS:
+        text = d.render("oneshot.service.j2", description=name, exec_start="/bin/true",
+                        **unit_limits(name, config))  # fmt: skip
+        units.append((name, text))
+    units.append(("echobot", d.render("echobot.service.j2", venv="/usr", ini="/x.ini",
+                                      **unit_limits("echobot", config))))  # fmt: skip
+    for name, text in units:
+        assert "MemoryMax=" in text and "TasksMax=" in text, name
+        (tmp_path / f"{name}.service").write_text(text.replace("/usr/bin/echobot", "/bin/true"))
+    out = subprocess.run(["systemd-analyze", "verify", *sorted(tmp_path.glob("*.service"))],
+                         capture_output=True, text=True)  # fmt: skip
+    problems = [line for line in out.stderr.splitlines() if "User=" not in line]
+    assert out.returncode == 0 and not problems, out.stderr
+    # filtermail holds whole messages: its cap grows with max_message_size.
+    big = parse_config(render_initial_config("chat.example.org", {"max_message_size": "104857600"}))
+    assert int(unit_limits("filtermail", big)["memory_max"][:-1]) > 8 * 100
+    assert unit_limits("doveauth", big) == unit_limits("doveauth", config)
 
 
 def test_nginx_config_is_valid(config, tmp_path):

@@ -113,6 +113,64 @@ def http_get(url) -> dict:
     return {"status": resp.status, "location": resp.getheader("Location")}
 
 
+def _read_replies(conn, want: int, timeout: float) -> tuple[list[str], bool]:
+    """Up to ``want`` complete SMTP replies (RFC 5321 4.2), and whether the server closed."""
+    buf, replies, lines = b"", [], []
+    deadline = time.monotonic() + timeout
+    while len(replies) < want:
+        conn.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            chunk = conn.recv(65536)
+        except (TimeoutError, OSError):
+            return replies, False
+        if not chunk:
+            return replies, True
+        buf += chunk
+        while b"\r\n" in buf:
+            line, buf = buf.split(b"\r\n", 1)
+            text = line.decode(errors="replace")
+            lines.append(text)
+            # "250-..." continues a reply, "250 ..." ends it.
+            if len(text) < 4 or text[3] != "-":
+                replies.append("\n".join(lines))
+                lines = []
+    return replies, False
+
+
+def smtp_script(host, steps, port=25, helo="lab.test", timeout=30.0) -> dict:
+    """Raw SMTP after EHLO and STARTTLS: send each step's bytes in one write, then read
+    as many replies as the step expects. For protocol attacks that smtplib cannot make.
+
+    ``steps`` is a list of ``[bytes_b64, replies_expected, optional seconds to wait for
+    them]``; the result lists the replies
+    read after each step (multi-line replies joined) and whether the server hung up.
+    """
+    import socket
+
+    raw = socket.create_connection((host, port), timeout=timeout)
+    greeting, _ = _read_replies(raw, 1, timeout)
+    raw.sendall(f"EHLO {helo}\r\n".encode())
+    _read_replies(raw, 1, timeout)
+    raw.sendall(b"STARTTLS\r\n")
+    started, _ = _read_replies(raw, 1, timeout)
+    conn = CTX.wrap_socket(raw, server_hostname=host)
+    out, closed = [], False
+    try:
+        for data_b64, want, *wait in steps:
+            try:
+                conn.sendall(base64.b64decode(data_b64))
+            except OSError:
+                closed = True
+                break
+            replies, closed = _read_replies(conn, want, wait[0] if wait else timeout)
+            out.append(replies)
+            if closed:
+                break
+    finally:
+        conn.close()
+    return {"greeting": greeting, "starttls": started, "replies": out, "closed": closed}
+
+
 def call(lab, name: str, **kwargs):
     """Run probe ``name`` in the lab's client namespace and return its result."""
     proc = lab.client_ns_run(
