@@ -12,14 +12,12 @@ around the gate.
 from __future__ import annotations
 
 from ..config import LOCALPART_RE, Config, User
-
-# Only A-Z change: str.lower() would also map e.g. U+212A KELVIN SIGN to an ASCII "k".
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+from .mime import ascii_lower
 
 
 def local_account(config: Config, rcpt: str) -> User | None:
     """The existing account that mail for ``rcpt`` would be delivered to, else None."""
-    local, sep, domain = rcpt.translate(_ASCII_LOWER).rpartition("@")
+    local, sep, domain = ascii_lower(rcpt).rpartition("@")
     local = local.split("+", 1)[0]
     if not sep or domain != config.mail_domain or not LOCALPART_RE.match(local):
         return None

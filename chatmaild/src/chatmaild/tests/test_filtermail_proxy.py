@@ -117,10 +117,15 @@ class Filtermail:
         with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
             return client.sendmail(mail_from, list(rcpts), data, **kw)
 
-    def enforce(self, addr: str) -> None:
+    def account(self, addr: str) -> Path:
+        """Create the account ``addr`` (its password file is what makes it exist)."""
         maildir = self.mailboxes / addr
         maildir.mkdir(parents=True, exist_ok=True)
-        (maildir / "enforceE2EEincoming").touch()
+        (maildir / "password").write_text("{SHA512-CRYPT}$6$x$" + "x" * 86)
+        return maildir
+
+    def enforce(self, addr: str) -> None:
+        (self.account(addr) / "enforceE2EEincoming").touch()
 
 
 @pytest.fixture
@@ -266,6 +271,7 @@ def test_refused_recipient_at_reinject_refuses_the_whole_message(outgoing, sink)
 
 def test_incoming_cleartext_is_refused_only_for_enforcing_recipients(incoming, sink):
     incoming.enforce(BOB)
+    incoming.account("carol@example.org")
     plain_mail = read("plain.eml")
     incoming.send(plain_mail, mail_from="someone@example.net", rcpts=["carol@example.org"])
     for rcpts in ([BOB], ["carol@example.org", BOB], ["Bob+tag@example.org"]):
@@ -328,6 +334,7 @@ def test_dsn_parameters_are_accepted_and_ignored(outgoing, sink):
 
 
 def test_lines_starting_with_a_dot_survive_unchanged(incoming, sink):
+    incoming.account("carol@example.org")
     data = plain(".\n..\n.hidden\nend", to="carol@example.org")
     incoming.send(data, mail_from="x@example.net", rcpts=["carol@example.org"])
     assert sink.received[0][2] == data

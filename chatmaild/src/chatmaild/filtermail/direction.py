@@ -1,0 +1,110 @@
+"""The two directions of the gate: what differs between outgoing and incoming mail.
+
+Outgoing (submission -> ``filtermail_smtp_port`` -> reinject ``postfix_reinject_port``):
+the sender is one of our users, so MAIL FROM is checked and rate limited; recipients are
+anywhere. Incoming (port 25 -> ``filtermail_smtp_port_incoming`` -> reinject
+``postfix_reinject_port_incoming``): the sender is another relay, and every recipient
+must be an existing account here, refused at RCPT otherwise (no backscatter).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from ..config import Config
+from . import gate, mime
+from .ratelimit import RateLimiter
+from .recipients import local_account, recipient_enforces_e2ee
+
+log = logging.getLogger("filtermail")
+
+
+class Direction:
+    """Ports, SMTP rules and gate check of one direction; one instance per process."""
+
+    name: str = ""
+    log_prefix: str = ""
+    # Whether MAIL FROM is rate limited per sender (only our own users are).
+    rate_limited: bool = False
+
+    def __init__(self, config: Config, listen_port: int, reinject_port: int) -> None:
+        self.config = config
+        self.listen_port = listen_port
+        self.reinject_port = reinject_port
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.listen_port} -> {self.reinject_port}>"
+
+    def mail_from_refusal(self, address: str) -> str | None:
+        """The reply refusing MAIL FROM ``address``, or None to accept it."""
+        return None
+
+    def rcpt_refusal(self, address: str) -> str | None:
+        """The reply refusing RCPT TO ``address``, or None to accept it."""
+        return None
+
+    def check(self, data: gate.Buffer, mail_from: str, rcpt_tos: Sequence[str]) -> gate.Verdict:
+        """The gate's verdict on a complete message."""
+        raise NotImplementedError
+
+
+class Outgoing(Direction):
+    """Mail our users submit."""
+
+    name = "outgoing"
+    log_prefix = "Outgoing"
+    rate_limited = True
+
+    def __init__(self, config: Config, listen_port: int, reinject_port: int) -> None:
+        super().__init__(config, listen_port, reinject_port)
+        self.limiter = RateLimiter(config.max_user_send_per_minute, config.max_user_send_burst_size)
+        # The operator's exemption, meant for benchmark accounts (chatmail.ini).
+        self.exempt = config.rate_limit_exempt
+
+    def mail_from_refusal(self, address: str) -> str | None:
+        verdict = gate.check_mail_from(address)
+        if not verdict.accept:
+            return verdict.reply
+        sender = mime.ascii_lower(address)
+        if sender not in self.exempt and not self.limiter.allow(sender):
+            log.info("%s: Rate limited %s", self.log_prefix, address)
+            return f"450 4.7.1: Too much mail from {address}"
+        return None
+
+    def check(self, data: gate.Buffer, mail_from: str, rcpt_tos: Sequence[str]) -> gate.Verdict:
+        return gate.check_outgoing(data, mail_from, rcpt_tos)
+
+
+class Incoming(Direction):
+    """Mail other relays deliver to our users."""
+
+    name = "incoming"
+    log_prefix = "Incoming"
+
+    def rcpt_refusal(self, address: str) -> str | None:
+        # Refusing here, while the sending relay still holds the message, means an
+        # unknown recipient never makes Postfix queue a bounce to a forged sender.
+        if local_account(self.config, address) is None:
+            log.info("%s: Rejected unknown recipient.", self.log_prefix)
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        return None
+
+    def check(self, data: gate.Buffer, mail_from: str, rcpt_tos: Sequence[str]) -> gate.Verdict:
+        return gate.check_incoming(
+            data, mail_from, rcpt_tos, lambda rcpt: recipient_enforces_e2ee(self.config, rcpt)
+        )
+
+
+def for_name(config: Config, name: str) -> Direction:
+    """The direction ``outgoing`` or ``incoming`` with its ports from ``config``."""
+    if name == "outgoing":
+        return Outgoing(config, config.filtermail_smtp_port, config.postfix_reinject_port)
+    if name == "incoming":
+        return Incoming(
+            config, config.filtermail_smtp_port_incoming, config.postfix_reinject_port_incoming
+        )
+    raise ValueError(f"direction must be outgoing or incoming, not {name!r}")
+
+
+NAMES = ("outgoing", "incoming")
