@@ -7,6 +7,7 @@ are read, so a 30 MiB message costs a few hundred KiB extra, not another 30 MiB.
 from __future__ import annotations
 
 import binascii
+import re
 
 Buffer = bytes | bytearray
 
@@ -24,6 +25,14 @@ MAX_HEADERS = 200_000
 
 _DECODE_CHUNK = 1 << 18
 
+# RFC 4880 §6.3: armor lines are at most 76 characters; RFC 5322 §2.1.1's 998 leaves
+# margin and keeps a single 30 MiB "line" from being copied whole.
+MAX_ARMOR_LINE = 998
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_ARMOR_LINE + 1))
+
+# RFC 4880 §6.2 armor header line: "Key: Value". Short, printable, one line.
+_ARMOR_HEADER = re.compile(rb"([A-Za-z][A-Za-z0-9-]{0,40}): ([\x20-\x7e]{0,200})\r\n")
+
 
 class PacketWalker:
     """Feed decoded bytes; ``finish()`` says whether they were PKESK/SKESK* then one SEIPD.
@@ -31,9 +40,13 @@ class PacketWalker:
     RFC 4880 §4.2: only new-format headers (bit 6 set) are accepted. Body lengths are
     one-, two- or five-octet; partial lengths (§4.2.2.4) only for the SEIPD data packet,
     the first chunk at least 512 octets and the last length a regular one.
+    ``symmetric_only`` narrows the session key packets to SKESK and requires at least
+    one (an Autocrypt Setup Message, Autocrypt §4.4: passphrase-encrypted).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, symmetric_only: bool = False) -> None:
+        self._leading = (SKESK,) if symmetric_only else (PKESK, SKESK)
+        self._need_leading = symmetric_only
         self.failed = False
         self._skip = 0
         self._want_tag = True
@@ -43,6 +56,7 @@ class PacketWalker:
         self._in_partial = False
         self._last_complete = -1
         self._headers = 0
+        self._headers_before_seipd = 0
 
     def feed(self, chunk: bytes) -> None:
         pos, n = 0, len(chunk)
@@ -63,7 +77,7 @@ class PacketWalker:
 
     def _start_packet(self, octet: int) -> None:
         # A packet after anything but PKESK/SKESK, e.g. a literal after SEIPD: refused.
-        if self._last_complete not in (-1, PKESK, SKESK) or octet & 0xC0 != 0xC0:
+        if self._last_complete not in (-1, *self._leading) or octet & 0xC0 != 0xC0:
             self.failed = True
             return
         self._headers += 1
@@ -71,6 +85,9 @@ class PacketWalker:
             self.failed = True
             return
         self._type = octet & 0x3F
+        if self._type not in (*self._leading, SEIPD):
+            self.failed = True
+            return
         self._want_tag = False
         self._first_chunk = True
         self._len_octets.clear()
@@ -111,10 +128,14 @@ class PacketWalker:
         if self._in_partial:
             self._in_partial = False  # next octet starts another length
             return
+        if self._type != SEIPD:
+            self._headers_before_seipd += 1
         self._last_complete = self._type
         self._want_tag = True
 
     def finish(self) -> bool:
+        if self._need_leading and self._headers_before_seipd == 0:
+            return False
         return (
             not self.failed and self._want_tag and not self._skip and self._last_complete == SEIPD
         )
@@ -127,13 +148,23 @@ def is_encrypted_payload(packets: bytes) -> bool:
     return walker.finish()
 
 
-def is_armored_message(data: Buffer, start: int, end: int, allow_version: bool) -> bool:
+def is_armored_message(
+    data: Buffer,
+    start: int,
+    end: int,
+    allow_version: bool,
+    *,
+    allowed_headers: tuple[bytes, ...] = (),
+    symmetric_only: bool = False,
+) -> bool:
     """True if ``data[start:end]`` is one armored OpenPGP message holding an encrypted one.
 
     The armor must begin with the BEGIN line (CRLF, as RFC 3156 §3 canonical form) and,
-    after trailing line breaks, end with the END line; nothing else may follow. An armor
-    ``Version:`` header is refused outgoing (our clients never send one) and skipped
-    incoming. The base64 is decoded strictly; the CRC24 line is optional (RFC 9580 §6.2).
+    after trailing line breaks, end with the END line; nothing else may follow. Armor
+    headers (RFC 4880 §6.2) are refused except those named in ``allowed_headers``, each
+    at most once; ``allow_version`` adds ``Version`` (incoming: other writers add it;
+    our clients never do). The base64 is decoded strictly, lines at most
+    ``MAX_ARMOR_LINE``; the CRC24 line is optional (RFC 9580 §6.2).
     """
     if not data.startswith(BEGIN, start, end):
         return False
@@ -143,13 +174,17 @@ def is_armored_message(data: Buffer, start: int, end: int, allow_version: bool) 
     if end_line < start + len(BEGIN) or not data.startswith(END, end_line, end):
         return False
     pos = start + len(BEGIN)
-    if data.startswith(b"Version:", pos, end_line):
-        if not allow_version:
+    allowed = set(allowed_headers) | ({b"Version"} if allow_version else set())
+    seen: set[bytes] = set()
+    while True:
+        m = _ARMOR_HEADER.match(data, pos, end_line)
+        if m is None:
+            break
+        name = m.group(1)
+        if name not in allowed or name in seen:
             return False
-        nl = data.find(b"\r\n", pos, end_line)
-        if nl < 0:
-            return False
-        pos = nl + 2
+        seen.add(name)
+        pos = m.end()
     while data.startswith(b"\r\n", pos, end_line):
         pos += 2
     if pos == end_line:
@@ -170,20 +205,26 @@ def is_armored_message(data: Buffer, start: int, end: int, allow_version: bool) 
         except binascii.Error:
             return False
         b64_end = max(pos, last_line_start - 2)
-    return _decode_and_walk(data, pos, b64_end)
+    return _decode_and_walk(data, pos, b64_end, PacketWalker(symmetric_only))
 
 
-def _decode_and_walk(data: Buffer, start: int, end: int) -> bool:
-    walker = PacketWalker()
+def _decode_and_walk(data: Buffer, start: int, end: int, walker: PacketWalker) -> bool:
     carry = b""
     padded = False
     pos = start
     while pos < end:
         stop = min(end, pos + _DECODE_CHUNK)
         if stop < end:
-            nl = data.find(b"\r\n", stop, end)
+            # Cut at a line end, looking no further than one armor line.
+            window = min(end, stop + MAX_ARMOR_LINE + 2)
+            nl = data.find(b"\r\n", stop, window)
+            if nl < 0 and window < end:
+                return False
             stop = end if nl < 0 else nl + 2
-        text = carry + bytes(data[pos:stop]).replace(b"\r\n", b"")
+        raw = bytes(data[pos:stop])
+        if _LONG_LINE.search(raw):
+            return False
+        text = carry + raw.replace(b"\r\n", b"")
         pos = stop
         usable = len(text) - len(text) % 4
         carry = text[usable:]

@@ -77,11 +77,18 @@ def crc24(data: bytes) -> int:
     return crc & 0xFFFFFF
 
 
-def armor(payload: bytes, version: str | None = None, crc: bool = True, line: int = 76) -> bytes:
+def armor(
+    payload: bytes,
+    version: str | None = None,
+    crc: bool = True,
+    line: int = 76,
+    armor_headers: list[str] | None = None,
+) -> bytes:
     """ASCII armor (RFC 4880 §6.2) with CRLF line ends."""
     lines = [b"-----BEGIN PGP MESSAGE-----"]
     if version is not None:
         lines.append(b"Version: " + version.encode())
+    lines += [h.encode() for h in armor_headers or []]
     lines.append(b"")
     b64 = base64.b64encode(payload)
     lines += [b64[i : i + line] for i in range(0, len(b64), line)]
@@ -170,6 +177,97 @@ def securejoin(step: str = "vc-request", body: str | None = None) -> bytes:
     return multipart([text_part(text)], extra=[f"Secure-Join: {step}"])
 
 
+def setup_payload(rng: random.Random, size: int = 3000) -> bytes:
+    """Autocrypt §4.4 setup data: SKESK (RFC 4880 §5.3) then SEIPD, passphrase-encrypted."""
+    skesk = packet(3, b"\x04\x09\x03\x08" + rand(rng, 8) + b"\xee")
+    return skesk + packet(18, b"\x01" + rand(rng, size))
+
+
+def setup_html(armored: bytes) -> bytes:
+    """Delta Chat's setup file: the armor inside a short HTML page (Autocrypt §4.4.3)."""
+    head = (
+        b"<!DOCTYPE html>\r\n<html>\r\n  <head>\r\n    <title>Autocrypt Setup Message</title>\r\n"
+        b"  </head>\r\n  <body>\r\n    <h1>Autocrypt Setup Message</h1>\r\n"
+        b"    <p>This is the Autocrypt Setup Message used to transfer your end-to-end setup "
+        b"between clients.</p>\r\n    <pre>\r\n"
+    )
+    return head + armored + b"</pre>\r\n  </body>\r\n</html>\r\n"
+
+
+def setup_message(setup_body: bytes, cte: str | None = None, description: bool = True) -> bytes:
+    """An Autocrypt Setup Message from alice to herself (Autocrypt §4.4)."""
+    setup = (
+        b"Content-Type: application/autocrypt-setup\r\n"
+        b'Content-Disposition: attachment; filename="autocrypt-setup-message.html"\r\n'
+    )
+    if cte:
+        setup += f"Content-Transfer-Encoding: {cte}\r\n".encode()
+    parts = [text_part("This is the Autocrypt Setup Message.")] if description else []
+    parts.append(setup + b"\r\n" + setup_body)
+    return multipart(
+        parts,
+        subject="Autocrypt Setup Message",
+        to=ALICE,
+        extra=["Autocrypt-Setup-Message: v1"],
+    )
+
+
+def postfix_bounce(original: bytes, boundary: str = "4Abc1.1796032800/mx.example.net") -> bytes:
+    """A non-delivery report in Postfix 3.7's shape (bounce(8) template, RFC 3464/6522)."""
+    dash = b"--" + boundary.encode()
+    notification = (
+        b"Content-Description: Notification\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n"
+        b"This is the mail system at host mx.example.net.\r\n\r\n"
+        b"I'm sorry to have to inform you that your message could not\r\n"
+        b"be delivered to one or more recipients. It's attached below.\r\n\r\n"
+        b"For further assistance, please send mail to postmaster.\r\n\r\n"
+        b"If you do so, please include this problem report. You can\r\n"
+        b"delete your own text from the attached returned message.\r\n\r\n"
+        b"                   The mail system\r\n\r\n"
+        b"<carol@example.net>: host mx2.example.net[192.0.2.7] said: 550 5.1.1\r\n"
+        b"    <carol@example.net>: Recipient address rejected: User unknown (in reply to\r\n"
+        b"    RCPT TO command)\r\n"
+    )
+    report = (
+        b"Content-Description: Delivery report\r\n"
+        b"Content-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.net\r\n"
+        b"X-Postfix-Queue-ID: 4Abc1\r\n"
+        b"X-Postfix-Sender: rfc822; alice@example.org\r\n"
+        b"Arrival-Date: Tue, 24 Nov 2026 09:59:58 +0000 (UTC)\r\n\r\n"
+        b"Final-Recipient: rfc822; carol@example.net\r\n"
+        b"Original-Recipient: rfc822;carol@example.net\r\n"
+        b"Action: failed\r\n"
+        b"Status: 5.1.1\r\n"
+        b"Remote-MTA: dns; mx2.example.net\r\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1 <carol@example.net>: Recipient address\r\n"
+        b"    rejected: User unknown\r\n"
+    )
+    returned = (
+        b"Content-Description: Undelivered Message\r\n"
+        b"Content-Type: message/rfc822\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n" + original
+    )
+    top = (
+        b"Received: by mx.example.net (Postfix)\r\n\tid 4Abc1; Tue, 24 Nov 2026 10:00:00 +0000 (UTC)\r\n"
+        b"Date: Tue, 24 Nov 2026 10:00:00 +0000 (UTC)\r\n"
+        b"From: MAILER-DAEMON@mx.example.net (Mail Delivery System)\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\n"
+        b"To: alice@example.org\r\n"
+        b"Auto-Submitted: auto-replied\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status;\r\n"
+        b'\tboundary="' + boundary.encode() + b'"\r\n'
+        b"Content-Transfer-Encoding: 8bit\r\n"
+        b"Message-Id: <20261124100000.4Abc1@mx.example.net>\r\n\r\n"
+        b"This is a MIME-encapsulated message.\r\n\r\n"
+    )
+    body = b"".join(dash + CRLF + p + CRLF for p in (notification, report, returned))
+    return top + body + dash + b"--" + CRLF
+
+
 def corpus() -> dict[str, bytes]:
     """Every file of tests/mail-data, by name."""
     rng = random.Random(3156)
@@ -252,15 +350,17 @@ def corpus() -> dict[str, bytes]:
         "securejoin-epilogue-spam.eml",
         securejoin("vc-request") + b"Buy viagra! Cheap! Visit http://spam.example\r\n",
     )
-    setup = 'Content-Type: application/autocrypt-setup\r\nContent-Disposition: attachment; filename="autocrypt-setup-message.html"\r\n\r\n<html>...</html>'
+    setup_armor = armor(
+        setup_payload(random.Random(4)),
+        armor_headers=["Passphrase-Format: numeric9x4", "Passphrase-Begin: 12"],
+    )
+    # asm.eml used to carry "<html>...</html>" without setup data, which no client sends;
+    # it now holds Delta Chat's HTML-wrapped armor (Autocrypt §4.4.3).
+    f("asm.eml", setup_message(setup_html(setup_armor)))
+    b64 = base64.b64encode(setup_html(setup_armor))
     f(
-        "asm.eml",
-        multipart(
-            [text_part("This is the Autocrypt Setup Message."), setup.encode()],
-            subject="Autocrypt Setup Message",
-            to=ALICE,
-            extra=["Autocrypt-Setup-Message: v1"],
-        ),
+        "asm-base64.eml",
+        setup_message(CRLF.join(b64[i : i + 76] for i in range(0, len(b64), 76)), cte="base64"),
     )
     bounce_parts = [
         text_part(
@@ -292,6 +392,8 @@ def corpus() -> dict[str, bytes]:
             to=ALICE,
         ),
     )
+
+    f("mailer-daemon-postfix.eml", postfix_bounce(pgp_mime(ok)))
 
     # Bypasses an attacker would try: all must be refused.
     f("attack-extra-part.eml", pgp_mime(ok, extra_parts=[text_part("Buy viagra!")]))
@@ -437,7 +539,97 @@ def corpus() -> dict[str, bytes]:
             1,
         ),
     )
+    hostile(files.__setitem__, ok, random.Random(11))
     return files
+
+
+def hostile(f, ok: bytes, rng: random.Random) -> None:
+    """Issue 11's findings: obs-syntax, parameter tricks, wide exceptions, limits."""
+    f(
+        "attack-subject-space-colon.eml",
+        pgp_mime(ok, extra=["Subject : the meeting is at 10, bring the documents"]),
+    )
+    f(
+        "attack-part-header-space-colon.eml",
+        pgp_mime(ok, payload_headers=["Content-Description : meeting at 10"]),
+    )
+    f(
+        "attack-content-description-secret.eml",
+        pgp_mime(ok).replace(
+            b"Content-Description: OpenPGP encrypted message",
+            b"Content-Description: " + b"the secret plan " * 3200,
+            1,
+        ),
+    )
+    f("attack-part-extra-header.eml", pgp_mime(ok, payload_headers=["X-Note: meet at 10"]))
+    rfc2231 = pgp_mime(ok, boundary="y").replace(
+        b'boundary="y"', b"boundary*=utf-8''x; boundary=\"y\"", 1
+    )
+    f(
+        "attack-rfc2231-boundary.eml",
+        rfc2231.replace(
+            b"\r\n\r\n--y\r\n",
+            b"\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nsecret\r\n--x--\r\n--y\r\n",
+            1,
+        ),
+    )
+    f(
+        "attack-wrong-protocol.eml",
+        pgp_mime(ok).replace(b'protocol="application/pgp-encrypted"', b'protocol="text/plain"', 1),
+    )
+    f(
+        "attack-missing-protocol.eml",
+        pgp_mime(ok).replace(b'protocol="application/pgp-encrypted"; ', b"", 1),
+    )
+    f("attack-preamble-two-lines.eml", pgp_mime(ok, preamble=b"Meet at 10.\r\nBring the plan.\r\n"))
+    f("attack-preamble-header-like.eml", pgp_mime(ok, preamble=b"Content-Type: text/plain\r\n"))
+    f("attack-epilogue-two-lines.eml", pgp_mime(ok, epilogue=b"Meet at 10.\r\nBring the plan.\r\n"))
+    f(
+        "attack-duplicate-mime-version.eml",
+        pgp_mime(ok, extra=["MIME-Version: 1.0"]),
+    )
+    f("attack-many-parts.eml", pgp_mime(ok, extra_parts=[b""] * 20))
+    f("attack-many-header-fields.eml", pgp_mime(ok, extra=[f"X-H{i}: x" for i in range(300)]))
+    f("attack-huge-header-field.eml", pgp_mime(ok, extra=["X-Big: " + "x" * (70 * 1024)]))
+    dsn = [
+        text_part("Meet at 10.", "text/html"),
+    ]
+    f(
+        "attack-mailer-daemon-html-only.eml",
+        multipart(
+            dsn,
+            subtype="report; report-type=delivery-status",
+            boundary="bnd-Dsn",
+            from_addr="MAILER-DAEMON@example.net",
+            to=ALICE,
+            extra=["Auto-Submitted: auto-replied"],
+        ),
+    )
+    bounce = postfix_bounce(pgp_mime(ok))
+    f(
+        "attack-mailer-daemon-auto-submitted-no.eml",
+        bounce.replace(b"Auto-Submitted: auto-replied", b"Auto-Submitted: no", 1),
+    )
+    f(
+        "attack-mailer-daemon-no-delivery-status.eml",
+        bounce.replace(b"Content-Type: message/delivery-status", b"Content-Type: text/plain", 1),
+    )
+    f(
+        "attack-asm-without-setup-data.eml",
+        multipart(
+            [
+                text_part("This is the Autocrypt Setup Message."),
+                b"Content-Type: application/autocrypt-setup\r\n\r\n<html>Meet at 10.</html>",
+            ],
+            subject="Autocrypt Setup Message",
+            to=ALICE,
+            extra=["Autocrypt-Setup-Message: v1"],
+        ),
+    )
+    f(
+        "attack-asm-pkesk.eml",
+        setup_message(setup_html(armor(encrypted_payload(rng)))),
+    )
 
 
 def main(argv: list[str]) -> None:
