@@ -445,3 +445,158 @@ def test_busy_port_is_reported_without_traceback(tmp_path):
         )
     assert res.returncode != 0
     assert "cannot listen" in res.stderr and "Traceback" not in res.stderr
+
+
+# Recipients at RCPT time (incoming), SMTP limits and the shared DATA memory budget.
+
+UNKNOWN = b"5.1.1 <{}>: Recipient address rejected: User unknown"
+
+
+def rcpt_reply(fm: Filtermail, rcpt: str, mail_from: str = "x@example.net") -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", fm.port, timeout=30) as client:
+        client.ehlo()
+        assert client.mail(mail_from)[0] == 250
+        return client.rcpt(rcpt)
+
+
+def test_incoming_unknown_recipient_is_refused_550_at_rcpt(incoming, sink):
+    incoming.account(BOB)
+    for rcpt in ("carol@example.org", "nobody@example.org", BOB.replace("example.org", "ex.net")):
+        assert rcpt_reply(incoming, rcpt) == (550, UNKNOWN.replace(b"{}", rcpt.encode()))
+    assert rcpt_reply(incoming, "Bob+chat@example.org")[0] == 250
+    assert incoming.logged("Incoming: Rejected unknown recipient.")
+    # Also when the mail would be encrypted: nothing is taken for an unknown recipient.
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        incoming.send(read("encrypted.eml"), mail_from="x@example.net", rcpts=["carol@example.org"])
+    assert sink.received == []
+
+
+def test_percent_hack_and_bang_path_are_refused_at_rcpt(incoming, sink):
+    incoming.account(BOB)
+    incoming.account("relay@example.org")
+    for rcpt in (
+        "bob%example.org@example.org",
+        "example.org!bob@example.org",
+        "relay!bob@example.org",
+        "bob%relay@example.org",
+    ):
+        code, text = rcpt_reply(incoming, rcpt)
+        assert (code, text[:6]) == (550, b"5.1.1 "), rcpt
+    # Also when a client sends one of them alongside a real recipient.
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        incoming.send(read("plain.eml"), mail_from="x@example.net", rcpts=["bob%x@example.org"])
+    incoming.send(
+        read("plain.eml"), mail_from="x@example.net", rcpts=[BOB, "example.org!bob@example.org"]
+    )
+    assert [r[1] for r in sink.received] == [[BOB]]
+
+
+def test_cleartext_to_existing_account_without_enforce_file_passes(incoming, sink):
+    incoming.account("carol@example.org")
+    incoming.send(read("plain.eml"), mail_from="x@example.net", rcpts=["Carol@example.org"])
+    assert sink.received[0][1] == ["Carol@example.org"]
+    # A maildir without a password file is no account (fail closed).
+    (incoming.mailboxes / "dave@example.org").mkdir(parents=True)
+    assert rcpt_reply(incoming, "dave@example.org")[0] == 550
+
+
+def test_outgoing_rcpt_is_not_checked_against_accounts(outgoing, sink):
+    rcpts = ["nobody@example.org", "bob%x@example.org", "someone@example.net"]
+    assert outgoing.send(read("encrypted.eml"), rcpts=rcpts) == {}
+    assert sink.received[0][1] == rcpts
+
+
+def test_more_than_1000_recipients_get_452_and_the_first_1000_are_kept(outgoing, sink):
+    rcpts = [f"r{i}@example.net" for i in range(1001)]
+    with smtplib.SMTP("127.0.0.1", outgoing.port, timeout=60) as client:
+        client.ehlo()
+        client.mail(ALICE)
+        replies = [client.rcpt(r)[0] for r in rcpts]
+        assert replies[:1000] == [250] * 1000
+        assert client.rcpt(rcpts[1000]) == (452, b"4.5.3 Too many recipients")
+        assert replies[1000] == 452
+        assert client.data(read("encrypted.eml"))[0] == 250
+    assert sink.received[0][1] == rcpts[:1000]
+
+
+def test_overlong_command_lines_get_500_and_the_session_goes_on(outgoing, sink):
+    with smtplib.SMTP("127.0.0.1", outgoing.port, timeout=30) as client:
+        client.ehlo()
+        client.mail(ALICE)
+        # RFC 5321 §4.5.3.1.4: 512 octets per command line.
+        assert client.docmd("RCPT", "TO:<" + "a" * 600 + "@example.net>")[0] == 500
+        assert client.docmd("NOOP", "x" * 300_000) == (500, b"Command line too long")
+        assert client.noop()[0] == 250
+        assert client.rcpt(BOB)[0] == 250
+        assert client.data(read("encrypted.eml"))[0] == 250
+    assert sink.received[0][1] == [BOB]
+    assert outgoing.proc.poll() is None
+
+
+def smtp_reply(sock: socket.socket) -> bytes:
+    """One (possibly multi-line) reply; the last line."""
+    buf = b""
+    while True:
+        while b"\r\n" not in buf:
+            more = sock.recv(4096)
+            if not more:
+                raise ConnectionError("closed")
+            buf += more
+        line, buf = buf.split(b"\r\n", 1)
+        if line[3:4] != b"-":
+            assert not buf
+            return line
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_parallel_large_messages_beyond_the_memory_budget_get_452(start_filtermail, sink):
+    size_limit = 4 << 20  # the process may buffer 4 such messages (DATA_BUDGET_MESSAGES)
+    fm = start_filtermail(
+        "outgoing",
+        sink.port,
+        max_message_size=size_limit,
+        max_user_send_per_minute=10000,
+        max_user_send_burst_size=10000,
+    )
+    rng = random.Random(4)
+    payload = packet(1, rng.randbytes(270)) + partial_packet(
+        18, rng.randbytes(5 << 19), chunk_power=13
+    )
+    data = pgp_mime(armor(payload, crc=False))
+    assert size_limit * 3 // 4 < len(data) < size_limit and data.endswith(b"\r\n")
+    fm.send(data)  # warm up: threads, imports, one full message through the gate
+    before = vm_hwm(fm.proc.pid)
+
+    n = 30
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.create_connection(("127.0.0.1", fm.port), timeout=60)
+            socks.append(sock)
+            smtp_reply(sock)
+            for cmd in (b"EHLO t", f"MAIL FROM:<{ALICE}>".encode(), f"RCPT TO:<{BOB}>".encode()):
+                sock.sendall(cmd + b"\r\n")
+                assert smtp_reply(sock)[:1] == b"2"
+            sock.sendall(b"DATA\r\n")
+            assert smtp_reply(sock)[:3] == b"354"
+        # All transfers are open at once before any of them ends.
+        for sock in socks:
+            sock.sendall(data)
+        for sock in socks:
+            sock.sendall(b".\r\n")
+        codes = [smtp_reply(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    ok = [c for c in codes if c.startswith(b"250")]
+    refused = [c for c in codes if c.startswith(b"452 ")]
+    assert len(ok) + len(refused) == n, codes
+    assert refused and refused[0] == b"452 4.3.1 Insufficient system resources, try again later"
+    assert 1 <= len(ok) <= 4 and len(refused) >= n - 4
+    growth = vm_hwm(fm.proc.pid) - before
+    # Unbounded, the transfers alone would hold n * len(data) = 108 MB, before the gate's
+    # working copies; bounded: 4 messages (16 MiB), the gate's work on those and buffers.
+    assert growth < 14 * len(data), (growth, len(data), len(ok))
+    # Once they are done the budget is free again.
+    fm.send(data)
+    assert len(sink.received) == 2 + len(ok)
