@@ -1,8 +1,13 @@
 """filtermail: the encryption gate of the relay (reference-behaviour §3.2-3.4).
 
 ``gate`` is the pure policy (bytes + envelope -> verdict), ``mime`` and ``openpgp`` the
-parsing it needs, ``ratelimit`` the per-sender GCRA limit and ``proxy`` the aiosmtpd
-before-queue proxy that applies verdicts and re-injects into Postfix.
+parsing it needs. The before-queue proxy around it: ``proxy`` starts the process
+(``filtermail <ini> outgoing|incoming``), ``direction`` holds what differs between the two
+(ports, MAIL FROM and rate-limit rule, RCPT rule, gate check, log prefix),
+``smtpserver`` is the aiosmtpd server with the bulk DATA reader and the per-process
+memory budget, ``handler`` applies the rules, ``reinject`` hands accepted mail to
+Postfix, ``recipients`` says which addresses are accounts (failing closed) and
+``ratelimit`` is the per-sender GCRA limit.
 
 Log lines on stderr (journald), kept stable for the mtail counters; one per message:
 
@@ -12,6 +17,7 @@ Log lines on stderr (journald), kept stable for the mtail counters; one per mess
   Setup Message, or followed by ``Outgoing: Rejected unencrypted mail.``)
 - ``Outgoing: Rate limited <addr>``
 - ``Incoming: Filtering encrypted mail.``
+- ``Incoming: Rejected unknown recipient.`` (per refused RCPT; no address logged)
 - ``Incoming: Filtering unencrypted mail.`` (possibly followed by
   ``Incoming: Filtering mailer-daemon message from <addr>`` or
   ``Incoming: Rejected unencrypted mail.``)

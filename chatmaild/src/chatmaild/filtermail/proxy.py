@@ -27,10 +27,13 @@ from .smtpserver import GateSMTP, MemoryBudget
 log = logging.getLogger("filtermail")
 
 # DATA all sessions of one process may buffer together, in units of max_message_size.
-# A few full-size messages at once is more than chat traffic needs (most messages are far
-# smaller, so this covers hundreds of ordinary transfers), and it bounds the two proxy
-# processes to well under a gigabyte together even counting the gate's working copy of
-# each message. Beyond it a message gets a 452 and the sending MTA simply retries.
+# Postfix runs up to max_smtp_connections sessions through the proxy at once, so without
+# a shared cap a burst of large messages could take gigabytes. Each buffered message can
+# cost about twice its size while the gate parses and reinject sends it, so four of them
+# fit the unit's MemoryHigh (192 MiB + 8 x max_message_size, cmdeploy services/deployer.py)
+# instead of the kernel throttling or killing the gate. Chat messages are mostly far
+# smaller, so this still covers hundreds of ordinary transfers; beyond it a message gets
+# 452 4.3.1 and the sending MTA retries later.
 DATA_BUDGET_MESSAGES = 4
 
 
