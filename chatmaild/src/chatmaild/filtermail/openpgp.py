@@ -28,7 +28,6 @@ _DECODE_CHUNK = 1 << 18
 # RFC 4880 §6.3: armor lines are at most 76 characters; RFC 5322 §2.1.1's 998 leaves
 # margin and keeps a single 30 MiB "line" from being copied whole.
 MAX_ARMOR_LINE = 998
-_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_ARMOR_LINE + 1))
 
 # RFC 4880 §6.2 armor header line: "Key: Value". Short, printable, one line.
 _ARMOR_HEADER = re.compile(rb"([A-Za-z][A-Za-z0-9-]{0,40}): ([\x20-\x7e]{0,200})\r\n")
@@ -221,10 +220,10 @@ def _decode_and_walk(data: Buffer, start: int, end: int, walker: PacketWalker) -
             if nl < 0 and window < end:
                 return False
             stop = end if nl < 0 else nl + 2
-        raw = bytes(data[pos:stop])
-        if _LONG_LINE.search(raw):
+        lines = bytes(data[pos:stop]).split(b"\r\n")
+        if max(map(len, lines)) > MAX_ARMOR_LINE:
             return False
-        text = carry + raw.replace(b"\r\n", b"")
+        text = carry + b"".join(lines)
         pos = stop
         usable = len(text) - len(text) % 4
         carry = text[usable:]
