@@ -159,6 +159,8 @@ _KEYS: dict[str, tuple] = {
     "username_min_length": (_positive_int, "9"),
     "username_max_length": (_positive_int, "9"),
     "password_min_length": (_positive_int, "9"),
+    "max_new_accounts_per_ip_per_hour": (_positive_int, "60"),
+    "max_new_accounts_per_ip_burst": (_positive_int, "100"),
     "max_load_1m": (_float, "5"),
     "min_available_memory": (_size, "200M"),
     "min_free_disk_space": (_size, "1G"),
@@ -203,6 +205,8 @@ class Config:
     username_min_length: int
     username_max_length: int
     password_min_length: int
+    max_new_accounts_per_ip_per_hour: int
+    max_new_accounts_per_ip_burst: int
     max_load_1m: float
     min_available_memory: int
     min_free_disk_space: int

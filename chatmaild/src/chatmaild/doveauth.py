@@ -1,26 +1,41 @@
 """Create-on-login authentication for Dovecot (passdb and userdb over the dict proxy).
 
-Dovecot asks ``shared/passdb/<password>"<user>`` (``password_key = passdb/%Ew"%Eu``) and
-``shared/userdb/<user>``. An existing account answers with its stored hash and Dovecot
-verifies the password; an unknown address is created with the given password when the
-creation rules allow it. All state is the account's ``password`` file.
+Dovecot asks ``shared/passdb/<password>"<user>"<client ip>``
+(``password_key = passdb/%Ew"%Eu"%E{rip}``; the older key without the IP is still
+understood) and ``shared/userdb/<user>``. An existing account answers with its stored hash
+and Dovecot verifies the password; an unknown address is created with the given password
+when the creation rules allow it, at most ``max_new_accounts_per_ip_burst`` at once and
+``max_new_accounts_per_ip_per_hour`` after that per client address. Names that cannot be an
+account (too long, control characters, another domain) are answered "not found" without
+touching the filesystem. All state is the account's ``password`` file.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 
 from .config import Config, User, read_config
 from .dictproxy import DictFailure, DictHandler, DictProxyServer, setup_logging
+from .filtermail.ratelimit import RateLimiter
 from .hashing import hash_password
 
 log = logging.getLogger("doveauth")
+
+# RFC 5321 §4.5.3.1.1: a local part has at most 64 octets; §4.5.3.1.3: a path (with its
+# angle brackets) at most 256, so an address at most 254. A mailbox directory is named
+# after the address and must fit one file name (255 bytes on ext4).
+MAX_LOCALPART = 64
+MAX_ADDRESS = 254
 
 
 def split_escaped(text: str, sep: str = '"') -> list[str]:
@@ -37,6 +52,48 @@ def split_escaped(text: str, sep: str = '"') -> list[str]:
             cur.append(ch)
     parts.append("".join(cur))
     return parts
+
+
+def client_bucket(rip: str) -> str | None:
+    """The key an account-creation limit counts ``rip`` under, or None for no per-IP limit.
+
+    IPv6 clients usually get a whole /64, so that is one bucket. Loopback is the relay
+    itself: SMTP that nginx passes on from port 443, local tools and tests (see
+    docs/operating.md); an empty or unparsable IP comes from a caller that sent none.
+    """
+    try:
+        ip = ipaddress.ip_address(rip)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class CreationLimiter:
+    """GCRA limit of new accounts per client bucket, thread-safe (lookups run in a pool)."""
+
+    def __init__(self, per_hour: int, burst: int, clock=time.monotonic):
+        # RateLimiter counts per minute. Its clock here runs in whole ticks of 1/60 of the
+        # interval between two creations, so one creation per "minute" is one per
+        # 3600/per_hour s, and all its sums are of integers: exact, no float rounding that
+        # could cost a burst its last account.
+        def ticks() -> float:
+            return float(math.floor(clock() * per_hour / 60))
+
+        self._limiter = RateLimiter(1, burst, clock=ticks)
+        self._lock = threading.Lock()
+
+    def allow(self, bucket: str) -> bool:
+        with self._lock:
+            return self._limiter.allow(bucket)
+
+    def __len__(self) -> int:
+        return len(self._limiter)
 
 
 def _available_memory() -> int:
@@ -78,10 +135,13 @@ def _free_disk(config: Config) -> int:
 class AuthDict(DictHandler):
     """passdb/userdb lookups with account creation."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, clock=time.monotonic):
         self.config = config
         # Striped: bounded memory however many addresses are created.
         self._locks = [threading.Lock() for _ in range(64)]
+        self.creations = CreationLimiter(
+            config.max_new_accounts_per_ip_per_hour, config.max_new_accounts_per_ip_burst, clock
+        )
 
     def lookup(self, key: str, user: str | None) -> str | None:
         namespace, _, rest = key.partition("/")
@@ -92,22 +152,40 @@ class AuthDict(DictHandler):
             return self.userdb_lookup(split_escaped(args)[0])
         if kind == "passdb":
             parts = split_escaped(args)
-            if len(parts) != 2:
-                log.warning("passdb key without a password/user separator")
+            if len(parts) not in (2, 3):
+                log.warning('passdb key is not password"user["ip], check auth.conf')
                 return None
-            return self.passdb_lookup(parts[1], parts[0])
+            rip = parts[2] if len(parts) == 3 else ""
+            return self.passdb_lookup(parts[1], parts[0], rip)
         log.warning("lookup of unknown type %r ignored", kind)
         return None
 
     def _user(self, addr: str) -> User | None:
+        """The account for a login name, or None for a name no account can have."""
+        # Bounded before anything else: such a name cannot be a mailbox directory
+        # (ENAMETOOLONG) and must get "not found", not an internal failure.
+        localpart = addr.rpartition("@")[0].encode("utf-8", "surrogatepass")
+        if len(localpart) > max(MAX_LOCALPART, self.config.username_max_length):
+            return None
+        if len(addr.encode("utf-8", "surrogatepass")) > MAX_ADDRESS:
+            return None
         try:
             return self.config.get_user(addr)
         except ValueError:
             return None
 
+    def _stored_hash(self, user: User) -> str | None:
+        try:
+            return user.get_password_hash()
+        except OSError as e:
+            if e.errno not in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR):
+                raise
+            log.warning("lookup of an impossible account name refused: %s", e.strerror)
+            return None
+
     def userdb_lookup(self, addr: str) -> str | None:
         user = self._user(addr)
-        if user is None or user.get_password_hash() is None:
+        if user is None or self._stored_hash(user) is None:
             return None
         return self._userdb_json(user)
 
@@ -115,13 +193,13 @@ class AuthDict(DictHandler):
         # uid/gid come from Dovecot's mail_uid/mail_gid (vmail on the relay).
         return json.dumps({"home": str(user.maildir)})
 
-    def passdb_lookup(self, addr: str, password: str) -> str | None:
+    def passdb_lookup(self, addr: str, password: str, rip: str = "") -> str | None:
         user = self._user(addr)
         if user is None:
             return None
-        stored = user.get_password_hash()
+        stored = self._stored_hash(user)
         if stored is None:
-            stored = self.create_account(user, password)
+            stored = self.create_account(user, password, rip)
             if stored is None:
                 return None
         # Dovecot compares the password with the hash; we never do it here.
@@ -145,7 +223,7 @@ class AuthDict(DictHandler):
             return problem
         return None
 
-    def create_account(self, user: User, password: str) -> str | None:
+    def create_account(self, user: User, password: str, rip: str = "") -> str | None:
         """Store a hash for a new account; the first of concurrent creations wins."""
         reason = self.refusal(user, password)
         if reason:
@@ -162,6 +240,12 @@ class AuthDict(DictHandler):
             stored = user.get_password_hash()
             if stored is not None:
                 return stored
+            # Counted here, where the account is really made: concurrent first logins of
+            # one address and logins of existing accounts use up nothing.
+            bucket = client_bucket(rip)
+            if bucket is not None and not self.creations.allow(bucket):
+                log.warning("registration rejected: too many new accounts from %s", bucket)
+                return None
             _make_maildir(user)
             try:
                 _create_exclusive(user.password_path, new_hash)

@@ -17,6 +17,12 @@ mail_domain = {mail_domain}
 # Minimum length of the password chosen at the first login.
 #password_min_length = 9
 
+# New accounts one client IP address (an IPv6 /64) may create per hour, and the burst
+# allowed at once (a class or a conference behind one NAT). Logins of existing accounts
+# are never limited by this; /new requests are limited to the same figures by nginx.
+#max_new_accounts_per_ip_per_hour = 60
+#max_new_accounts_per_ip_burst = 100
+
 # Refuse new accounts (existing ones keep working) while the 1-minute load average
 # is higher, or available memory or free disk space is lower, than these.
 #max_load_1m = 5

@@ -50,7 +50,7 @@ listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain
-auth_failure_delay = 0
+auth_failure_delay = {auth_failure_delay}
 default_internal_user = dovecot
 default_login_user = dovenull
 # The relay uses vmail; tests use nobody (our services run as root and hand
@@ -61,6 +61,7 @@ default_client_limit = 20000
 mail_location = maildir:{mailboxes_dir}/%u
 imap_capability = +XDELTAPUSH XCHATMAIL
 
+haproxy_trusted_networks = 127.0.0.1
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -68,6 +69,12 @@ service imap-login {{
   }}
   inet_listener imaps {{
     port = 0
+  }}
+  # As the relay's port-443 listener: the client's IP comes in a PROXY protocol header.
+  inet_listener imap_haproxy {{
+    address = 127.0.0.1
+    port = {haproxy_port}
+    haproxy = yes
   }}
   service_count = 0
   process_min_avail = 2
@@ -85,12 +92,7 @@ service lmtp {{
     port = {lmtp_port}
   }}
 }}
-service anvil {{
-  unix_listener anvil-auth-penalty {{
-    mode = 0
-  }}
-}}
-passdb {{
+{anvil}passdb {{
   driver = dict
   args = {d}/auth.conf
 }}
@@ -107,6 +109,16 @@ plugin {{
   last_login_dict = proxy:{lastlogin_socket}:lastlogin
   last_login_precision = s
 }}
+"""
+
+# Without auth_penalty: tests log in and fail hundreds of times from 127.0.0.1, and
+# Dovecot's per-IP penalty would slow every later login of the module by seconds.
+NO_PENALTY_CONF = """\
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
 """
 
 # Appended to DOVECOT_CONF; a repeated protocol/plugin section adds to the first one.
@@ -131,7 +143,7 @@ uri = proxy:{auth_socket}:auth
 iterate_disable = no
 iterate_prefix = userdb/
 default_pass_scheme = plain
-password_key = passdb/%Ew"%Eu
+password_key = passdb/%Ew"%Eu"%E{{rip}}
 user_key = userdb/%Eu
 """
 
@@ -146,19 +158,25 @@ class DovecotInstance:
         *,
         metadata: bool = False,
         push_lua: Path | None = None,
+        auth_penalty: bool = False,
+        auth_failure_delay: str = "0",
     ):
         """``metadata`` adds chatmail-metadata as the IMAP METADATA dict; ``push_lua`` also
-        loads that push_notification_lua script into LMTP."""
+        loads that push_notification_lua script into LMTP. The relay keeps Dovecot's per-IP
+        ``auth_penalty`` and ``auth_failure_delay = 2s``; tests switch both off."""
         # Dovecot's mail user must traverse every parent directory, which pytest's
         # private tmp dirs (0700) do not allow; by default we use our own under /tmp.
         self.owns_dir = directory is None
         self.dir = Path(directory or tempfile.mkdtemp(prefix="chatmail-dovecot-"))
         self.imap_port = free_port()
         self.lmtp_port = free_port()
+        self.haproxy_port = free_port()
         self.auth_socket = self.dir / "doveauth.socket"
         self.lastlogin_socket = self.dir / "lastlogin.socket"
         self.metadata = metadata or push_lua is not None
         self.push_lua = push_lua
+        self.auth_penalty = auth_penalty
+        self.auth_failure_delay = auth_failure_delay
         self.metadata_socket = self.dir / "metadata.socket"
         self.mailboxes_dir = self.dir / "mail"
         self.nocreate_file = self.dir / "chatmail-nocreate"
@@ -201,8 +219,11 @@ class DovecotInstance:
                 mailboxes_dir=self.mailboxes_dir,
                 imap_port=self.imap_port,
                 lmtp_port=self.lmtp_port,
+                haproxy_port=self.haproxy_port,
                 auth_socket=self.auth_socket,
                 lastlogin_socket=self.lastlogin_socket,
+                auth_failure_delay=self.auth_failure_delay,
+                anvil="" if self.auth_penalty else NO_PENALTY_CONF,
             )
             (self.dir / "auth.conf").write_text(AUTH_CONF.format(**fmt))
             conf = self.dir / "dovecot.conf"
@@ -240,6 +261,27 @@ class DovecotInstance:
         proc = self._spawn(name, env_argv)
         _wait_for(sock.exists, f"{name} socket", proc=proc)
         sock.chmod(0o666)
+
+    def login_from(self, client_ip: str, addr: str, password: str) -> bool:
+        """IMAP LOGIN through the PROXY protocol listener, as if from ``client_ip``."""
+        family = "TCP6" if ":" in client_ip else "TCP4"
+        server_ip = "::1" if family == "TCP6" else "127.0.0.1"
+        # PROXY protocol v1 (haproxy's proxy-protocol.txt §2.1): one line before the data.
+        header = f"PROXY {family} {client_ip} {server_ip} 40000 143\r\n"
+        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+        with socket.create_connection(("127.0.0.1", self.haproxy_port), timeout=60) as sock:
+            sock.sendall(header.encode())
+            f = sock.makefile("rb")
+            f.readline()  # greeting
+            sock.sendall(f'a LOGIN "{addr}" "{quoted}"\r\n'.encode())
+            while True:
+                line = f.readline()
+                if not line or line.startswith(b"a "):
+                    break
+            ok = line.startswith(b"a OK")
+            if line:
+                sock.sendall(b"b LOGOUT\r\n")
+            return ok
 
     def log_text(self, name: str) -> str:
         path = self.logs.get(name) or self.dir / name

@@ -29,6 +29,8 @@ def test_defaults_of_a_fresh_ini():
     assert config.delete_inactive_users_after == 90
     assert (config.username_min_length, config.username_max_length) == (9, 9)
     assert config.password_min_length == 9
+    assert config.max_new_accounts_per_ip_per_hour == 60
+    assert config.max_new_accounts_per_ip_burst == 100
     assert config.max_load_1m == 5.0
     assert config.min_available_memory == 200 * 1024**2
     assert config.min_free_disk_space == 1024**3
@@ -93,6 +95,8 @@ def test_underscore_domain_is_self_signed():
         ("dns_forward_zones", "lab"),
         ("dns_forward_zones", "lab@not-an-ip"),
         ("rate_limit_exempt", "bench@x.org nobody"),
+        ("max_new_accounts_per_ip_per_hour", "0"),
+        ("max_new_accounts_per_ip_burst", "lots"),
     ],
 )
 def test_wrong_value_names_key_and_value(key, value):

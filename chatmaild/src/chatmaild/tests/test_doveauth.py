@@ -1,8 +1,12 @@
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from hypothesis import strategies as st
 from chatmaild.config import parse_config, render_initial_config
 from chatmaild.doveauth import AuthDict, resource_problem, split_escaped
 from chatmaild.hashing import hash_password, verify_password
+from chatmaild.tests.procs import stop_process
 
 DOMAIN = "chat.example.org"
 
@@ -247,3 +252,186 @@ def test_hashing_works_on_python_313():
                          env={**os.environ, "PYTHONPATH": str(src)})  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert verify_password("secret-pw", out.stdout.strip())
+
+
+# --- names no account can have, and the per-IP limit of new accounts ---
+
+LONG = "a" * 300
+
+
+def passdb_from(auth, addr, password, ip):
+    reply = auth.lookup(f'shared/passdb/{password}"{addr}"{ip}', addr)
+    return None if reply is None else json.loads(reply)["password"]
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [
+        f"{LONG}@{DOMAIN}",
+        f"{'é' * 40}@{DOMAIN}",  # 80 octets
+        f"abcdefghi@{'x' * 250}.{DOMAIN}",
+        f"{LONG}@{'x' * 300}",
+        f"abc\x00{LONG}@{DOMAIN}",
+    ],
+)
+def test_overlong_names_are_not_found_without_touching_the_filesystem(auth, addr, tmp_path):
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert passdb_from(auth, addr, "password123", "203.0.113.1") is None
+    assert auth.lookup(f"shared/userdb/{addr}", None) is None
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_name_the_filesystem_refuses_is_not_found(tmp_path):
+    # Longer than one file name but within the configured local part length.
+    auth = AuthDict(make_config(tmp_path, username_max_length=300))
+    assert passdb_from(auth, f"{'b' * 260}@{DOMAIN}", "password123", "203.0.113.1") is None
+
+
+def _start_doveauth(tmp_path, **overrides):
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text(render_initial_config(DOMAIN, {
+        "mailboxes_dir": tmp_path / "mail", "nocreate_file": tmp_path / "nocreate",
+        "max_load_1m": 1000, "min_available_memory": 0, "min_free_disk_space": 0, **overrides,
+    }))  # fmt: skip
+    (tmp_path / "mail").mkdir(exist_ok=True)
+    sock = tmp_path / "auth.sock"
+    err = open(tmp_path / "doveauth.stderr", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatmaild.doveauth", str(sock), str(ini)], stderr=err
+    )
+    err.close()
+    deadline = time.monotonic() + 15
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "doveauth did not start"
+        time.sleep(0.02)
+    return proc, sock
+
+
+def _dict_lookups(sock, keys):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(sock))
+        s.sendall(b"H3\t2\t0\t\tauth\n" + b"".join(f"L{k}\n".encode() for k in keys))
+        f = s.makefile("rb")
+        return [f.readline().decode().rstrip("\n") for _ in keys]
+
+
+def test_overlong_name_over_the_real_dict_socket_is_not_found_not_a_failure(tmp_path):
+    proc, sock = _start_doveauth(tmp_path)
+    try:
+        replies = _dict_lookups(sock, [
+            f'shared/passdb/password123"{LONG}@{DOMAIN}"203.0.113.1',
+            f"shared/userdb/{LONG}@{DOMAIN}",
+            f'shared/passdb/password123"abcdefghi@{DOMAIN}"203.0.113.1',
+        ])  # fmt: skip
+    finally:
+        stop_process(proc)
+    assert replies[:2] == ["N", "N"]
+    assert replies[2].startswith("O")
+    log = (tmp_path / "doveauth.stderr").read_text()
+    assert "Traceback" not in log
+    assert os.listdir(tmp_path / "mail") == [f"abcdefghi@{DOMAIN}"]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def limited(tmp_path, per_hour=2, burst=3):
+    clock = FakeClock()
+    config = make_config(
+        tmp_path, max_new_accounts_per_ip_per_hour=per_hour, max_new_accounts_per_ip_burst=burst
+    )
+    return AuthDict(config, clock=clock), clock
+
+
+def names(n, prefix="user"):
+    return [f"{prefix}{i:0{9 - len(prefix)}d}@{DOMAIN}" for i in range(n)]
+
+
+def test_new_accounts_per_ip_stop_after_the_burst_and_existing_logins_go_on(tmp_path, caplog):
+    auth, clock = limited(tmp_path)
+    first, refused = names(3), f"late00000@{DOMAIN}"
+    assert all(passdb_from(auth, a, "password123", "203.0.113.7") for a in first)
+    with caplog.at_level(logging.WARNING, logger="doveauth"):
+        assert passdb_from(auth, refused, "password123", "203.0.113.7") is None
+    assert "registration rejected: too many new accounts from 203.0.113.7" in caplog.text
+    assert not (auth.config.mailboxes_dir / refused).exists()
+    # Logins of the accounts that exist are never counted or refused.
+    for _ in range(20):
+        assert all(passdb_from(auth, a, "password123", "203.0.113.7") for a in first)
+    # Another client is not affected.
+    assert passdb_from(auth, refused, "password123", "203.0.113.8") is not None
+
+
+def test_the_per_ip_allowance_refills_at_the_hourly_rate(tmp_path):
+    auth, clock = limited(tmp_path, per_hour=2, burst=1)
+    a, b, c = names(3)
+    assert passdb_from(auth, a, "password123", "203.0.113.7")
+    assert passdb_from(auth, b, "password123", "203.0.113.7") is None
+    clock.now += 29 * 60
+    assert passdb_from(auth, b, "password123", "203.0.113.7") is None
+    clock.now += 61
+    assert passdb_from(auth, b, "password123", "203.0.113.7")
+    assert passdb_from(auth, c, "password123", "203.0.113.7") is None
+
+
+def test_ipv6_clients_count_per_64(tmp_path):
+    auth, _ = limited(tmp_path, burst=2)
+    a, b, c = names(3)
+    assert passdb_from(auth, a, "password123", "2001:db8:1:2::1")
+    assert passdb_from(auth, b, "password123", "2001:db8:1:2:ffff::9")
+    assert passdb_from(auth, c, "password123", "2001:db8:1:2::3") is None
+    assert passdb_from(auth, c, "password123", "2001:db8:1:3::1")
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "::ffff:127.0.0.1", "", "not-an-ip"])
+def test_loopback_and_unknown_clients_have_no_per_ip_limit(tmp_path, ip):
+    auth, _ = limited(tmp_path, burst=1)
+    assert all(passdb_from(auth, a, "password123", ip) for a in names(10))
+
+
+def test_key_without_ip_still_works(tmp_path):
+    auth, _ = limited(tmp_path, burst=1)
+    assert all(passdb(auth, a, "password123") for a in names(5))
+
+
+def test_ipv4_mapped_address_counts_as_the_ipv4_client(tmp_path):
+    auth, _ = limited(tmp_path, burst=1)
+    a, b = names(2)
+    assert passdb_from(auth, a, "password123", "203.0.113.9")
+    assert passdb_from(auth, b, "password123", "::ffff:203.0.113.9") is None
+
+
+def test_refused_creations_use_up_no_allowance(tmp_path):
+    auth, _ = limited(tmp_path, burst=1)
+    assert passdb_from(auth, f"short@{DOMAIN}", "password123", "203.0.113.7") is None
+    assert passdb_from(auth, f"abcdefghi@{DOMAIN}", "short", "203.0.113.7") is None
+    assert passdb_from(auth, f"abcdefghi@{DOMAIN}", "password123", "203.0.113.7")
+
+
+def test_concurrent_first_logins_of_one_address_count_once(tmp_path):
+    auth, _ = limited(tmp_path, burst=2)
+    barrier = threading.Barrier(30)
+
+    def login(i):
+        barrier.wait()
+        return passdb_from(auth, f"racer1234@{DOMAIN}", "password123", "203.0.113.7")
+
+    threads = [threading.Thread(target=login, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert passdb_from(auth, f"second123@{DOMAIN}", "password123", "203.0.113.7")
+
+
+def test_creation_limiter_memory_is_bounded(tmp_path):
+    auth, clock = limited(tmp_path, per_hour=1, burst=1)
+    for i in range(60_000):
+        auth.creations.allow(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+    assert len(auth.creations) <= 50_000

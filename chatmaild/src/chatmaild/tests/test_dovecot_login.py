@@ -178,3 +178,35 @@ def test_no_errors_from_our_dicts_in_dovecot_log(dovecot):
     assert login(dovecot, new_addr(), "password123")
     log = dovecot.dovecot_log()
     assert "dict" not in "\n".join(line for line in log.splitlines() if "Error" in line)
+
+
+def test_overlong_name_is_an_auth_failure_not_an_internal_error(dovecot):
+    addr = f"{'a' * 300}@{DOMAIN}"
+    assert not login(dovecot, addr, "password123")
+    assert not dovecot.login_from("203.0.113.1", addr, "password123")
+    assert "Traceback" not in dovecot.log_text("doveauth")
+    lines = dovecot.dovecot_log().splitlines()
+    assert not [line for line in lines if "nternal" in line or "Temporary" in line][-5:]
+    assert not any(len(p.name) > 64 for p in dovecot.mailboxes_dir.iterdir())
+
+
+@pytest.fixture
+def limited_dovecot():
+    limits = {"max_new_accounts_per_ip_burst": 3, "max_new_accounts_per_ip_per_hour": 1}
+    with DovecotInstance(ini_overrides=limits) as instance:
+        yield instance
+
+
+def test_new_accounts_from_one_ip_are_limited_but_its_logins_are_not(limited_dovecot):
+    d = limited_dovecot
+    first = [new_addr() for _ in range(3)]
+    assert all(d.login_from("203.0.113.7", a, "password123") for a in first)
+    late = new_addr()
+    assert not d.login_from("203.0.113.7", late, "password123")
+    assert stored_hash(d, late) is None
+    assert "registration rejected: too many new accounts from 203.0.113.7" in d.log_text("doveauth")
+    for _ in range(5):
+        assert all(d.login_from("203.0.113.7", a, "password123") for a in first)
+    # Another client IP, and the relay's own loopback, still create accounts.
+    assert d.login_from("198.51.100.7", late, "password123")
+    assert all(login(d, new_addr(), "password123") for _ in range(5))
