@@ -57,6 +57,9 @@ def write_config(lab: Lab, relay: LabRelay, overrides: dict | None = None) -> No
     settings = {
         "dns_forward_zones": f"lab@{lab.dns_ip}",
         "notification_url": f"http://{lab.client_ip}:{LAB_PUSH_PORT}/notify",
+        # Every lab client (tests, benches, people trying it) comes from the client
+        # namespace's one IP, which creates far more accounts than a real client IP.
+        "max_new_accounts_per_ip_burst": 10000,
         **(overrides or {}),
     }
     relay.ini.write_text(render_initial_config(relay.domain, settings))
