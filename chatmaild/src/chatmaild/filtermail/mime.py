@@ -189,8 +189,12 @@ def _parse_params(text: str, pos: int) -> dict[str, str] | None:
             return None
         if pm.group(2) is not None:
             params[key] = pm.group(2)
+        elif "\\" in pm.group(3):
+            # RFC 5322 quoted-pair: Python's email undoes only \\ and \", so "\B" would
+            # be "B" here and "\B" there; no value we need contains one.
+            return None
         else:
-            params[key] = re.sub(r"\\(.)", r"\1", pm.group(3))
+            params[key] = pm.group(3)
         pos = pm.end()
     if not _TRAILING_SEMI.fullmatch(text, pos):
         return None

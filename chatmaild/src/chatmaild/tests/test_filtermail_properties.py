@@ -267,3 +267,217 @@ def test_data_reader_refuses_oversize_but_stays_in_sync():
     content, rest = read_data(wire, [7, 100, 333], limit=200)
     assert content is None
     assert rest == b"NOOP\r\n"
+
+
+# Issue 11: Python's email package as a differential oracle on structure. Whatever it
+# parses as anything but exactly the two PGP/MIME parts (a text/* leaf, another part, a
+# different boundary, a defect) must never pass the gate. The generator assembles
+# messages from tricks an attacker would combine.
+
+OK_ARMOR = (MAIL_DATA / "encrypted.eml").read_bytes().split(b"\r\n\r\n-----BEGIN", 1)[1]
+OK_ARMOR = b"-----BEGIN" + OK_ARMOR.split(b"\r\n--bnd-Enc1--", 1)[0]
+
+CONTENT_TYPES = [
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"',
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\r\n\tboundary="B"',
+    'Content-Type: multipart/encrypted;\r\n protocol="application/pgp-encrypted";\r\n boundary=B',
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary*=utf-8\'\'C; boundary="B"',
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"; boundary="C"',
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; BOUNDARY="C"; boundary="B"',
+    'Content-Type: multipart/encrypted (x); protocol="application/pgp-encrypted"; boundary="B"',
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B" (C)',
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="\\B"',
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary*0="B"',
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B";',
+    'Content-Type: multipart/encrypted; protocol=application/pgp-encrypted; boundary="B"',
+    'Content-Type: multipart/encrypted; boundary="B"',
+    'Content-Type: Multipart/Encrypted; Protocol="Application/PGP-Encrypted"; Boundary="B"',
+    'Content-Type: =?utf-8?q?multipart/encrypted?=; protocol="application/pgp-encrypted"; boundary="B"',
+    'Content-Type : multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"',
+    'Content-Type:multipart/encrypted;protocol="application/pgp-encrypted";boundary="B"',
+    'Content-Type: multipart/mixed; boundary="B"',
+]
+TOP_EXTRAS = [
+    "",
+    "Subject : hidden",
+    "X-Trick: a\r\n folded: b",
+    "\r\n\tcontinued",
+    "X-\xc3\xa4: 8-bit name",
+    "Content-Transfer-Encoding: 7bit",
+    "Content-Transfer-Encoding: base64",
+    'Content-Type: text/plain; boundary="B"',
+    "MIME-Version: 1.0",
+    "Subject: =?utf-8?q?=0D=0AContent-Type=3A_text/plain?=",
+]
+CONTROL = b"Content-Type: application/pgp-encrypted\r\nContent-Description: PGP/MIME version identification\r\n\r\nVersion: 1"
+PAYLOAD = b'Content-Type: application/octet-stream; name="encrypted.asc"\r\n\r\n' + OK_ARMOR
+PARTS = [
+    CONTROL,
+    PAYLOAD,
+    b"Content-Type: text/plain\r\n\r\nsecret",
+    b"\r\nsecret without headers",
+    b"",
+    b'Content-Type: multipart/mixed; boundary="C"\r\n\r\n--C\r\nContent-Type: text/plain\r\n\r\nsecret\r\n--C--',
+    b"Content-Type: application/pgp-encrypted\r\nContent-Type: text/plain\r\n\r\nVersion: 1",
+    b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + OK_ARMOR,
+    b"Content-Type : text/plain\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1",
+    b"Content-type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--C\r\nContent-Type: text/plain\r\n\r\nx",
+    CONTROL.replace(b"\r\n\r\n", b"\r\nX-Secret: hidden\r\n\r\n"),
+    b"Content-Type: application/octet-stream; name*=''x\r\n\r\n" + OK_ARMOR,
+]
+NOTICES = [
+    b"",
+    b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n",
+    b"secret\r\nmore secret\r\n",
+    b"--B\r\n",
+    b"--C\r\nContent-Type: text/plain\r\n\r\nsecret\r\n--C--\r\n",
+    b"Content-Type: text/plain\r\n\r\nsecret\r\n",
+    b"--B \r\n",
+    b"--B--\r\n",
+    b"\r\n\r\n",
+]
+BOUNDARY_LINES = [b"--B", b"--B ", b"--B\t", b"--C", b"--B x"]
+
+
+def assemble(ct, extra, preamble, parts, delims, close, epilogue, newline_edits):
+    head = [
+        b"From: alice@example.org",
+        b"To: bob@example.org",
+        b"Subject: ...",
+        b"MIME-Version: 1.0",
+        CONTENT_TYPES[ct].encode("latin-1"),
+    ]
+    if TOP_EXTRAS[extra]:
+        head.append(TOP_EXTRAS[extra].encode("latin-1"))
+    body = NOTICES[preamble]
+    for i, part in enumerate(parts):
+        body += BOUNDARY_LINES[delims[i % len(delims)]] + b"\r\n" + PARTS[part] + b"\r\n"
+    body += close + b"\r\n" + NOTICES[epilogue]
+    data = bytearray(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    # CRLF vs LF vs CR: turn some line breaks into bare LF or bare CR.
+    for where, kind in newline_edits:
+        at = data.find(b"\r\n", int(where * len(data)))
+        if at >= 0:
+            data[at : at + 2] = b"\n" if kind else b"\r"
+    return bytes(data)
+
+
+def usually(default, strategy):
+    """Mostly the valid choice, so single tricks get tried on an otherwise valid message."""
+    return st.one_of(st.just(default), st.just(default), strategy)
+
+
+messages = st.builds(
+    assemble,
+    usually(0, st.integers(0, len(CONTENT_TYPES) - 1)),
+    usually(0, st.integers(0, len(TOP_EXTRAS) - 1)),
+    usually(1, st.sampled_from(range(len(NOTICES)))),
+    usually([0, 1], st.lists(st.integers(0, len(PARTS) - 1), min_size=0, max_size=4)),
+    usually([0], st.lists(st.sampled_from([0, 0, 0, 1, 2, 3, 4]), min_size=1, max_size=3)),
+    usually(b"--B--", st.sampled_from([b"--B--", b"--B-- ", b"--C--", b"--B--x", b""])),
+    usually(0, st.sampled_from(range(len(NOTICES)))),
+    usually([], st.lists(st.tuples(st.floats(0, 1), st.booleans()), max_size=2)),
+)
+
+
+def python_sees_the_encrypted_shape(data: bytes) -> bool:
+    """Both ``email`` policies see exactly multipart/encrypted with the two parts."""
+    for policy in (email.policy.compat32, email.policy.default):
+        try:
+            msg = email.message_from_bytes(data, policy=policy)
+            if msg.get_content_type() != "multipart/encrypted" or not msg.is_multipart():
+                return False
+            protocol = msg.get_param("protocol")
+            if not isinstance(protocol, str) or protocol.lower() != "application/pgp-encrypted":
+                return False
+            if msg.get_boundary() != "B":
+                return False
+            parts = msg.get_payload()
+            types = [p.get_content_type() for p in parts]
+            if types != ["application/pgp-encrypted", "application/octet-stream"]:
+                return False
+            if len(list(msg.walk())) != 3 or any(p.is_multipart() for p in parts):
+                return False
+            if msg.defects or any(p.defects for p in parts):
+                return False
+            for notice in (msg.preamble, msg.epilogue):
+                if notice and len(notice.strip().splitlines()) > 1:
+                    return False
+        except Exception:
+            return False
+    return True
+
+
+def test_assembled_valid_message_passes_and_python_agrees():
+    data = assemble(0, 0, 1, [0, 1], [0], b"--B--", 0, [])
+    assert python_sees_the_encrypted_shape(data)
+    assert gate.check_outgoing(data, ALICE, [BOB]).accept
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages)
+def test_gate_passes_only_what_python_email_sees_as_the_encrypted_shape(data):
+    for verdict in (
+        gate.check_outgoing(data, ALICE, [BOB]),
+        gate.check_incoming(data, "x@example.net", [BOB], lambda r: True),
+        gate.check_incoming(data, "", [BOB], lambda r: True),
+    ):
+        assert not verdict.reply.startswith("451"), verdict
+        if verdict.accept:
+            assert python_sees_the_encrypted_shape(data)
+            assert oracle_encrypted(data, incoming=True)
+
+
+# Mailer-daemon reports, securejoin and the setup message: the exceptions must never
+# pass a structure that Python's email reads differently.
+
+
+def python_part_types(data: bytes) -> list[str] | None:
+    try:
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        if msg.defects or not msg.is_multipart():
+            return None
+        parts = msg.get_payload()
+        if any(p.defects for p in parts):
+            return None
+        return [p.get_content_type() for p in parts]
+    except Exception:
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"Content-Type: text/plain\r\n\r\nnotice",
+                b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\nAction: failed",
+                b"Content-Type: text/rfc822-headers\r\n\r\nFrom: a@b",
+                b"Content-Type: text/html\r\n\r\n<p>secret</p>",
+                b"Content-Type: text/plain\r\n\r\nnotice\r--R\r\nContent-Type: text/html\r\n\r\nsecret",
+                b"Content-Type: text/plain\r\n\r\nnotice\n--R\nContent-Type: text/html\n\nsecret",
+                b"Content-Type: message/delivery-status\r\nContent-Type: text/html\r\n\r\nx",
+            ]
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from([b"", b"This is a MIME-encapsulated message.\r\n\r\n", b"--R\r\nsecret\r\n"]),
+    st.sampled_from(["auto-replied", "no", ""]),
+)
+def test_report_exception_never_passes_another_structure(parts, preamble, auto):
+    body = preamble + b"".join(b"--R\r\n" + p + b"\r\n" for p in parts) + b"--R--\r\n"
+    data = (
+        b"From: MAILER-DAEMON@example.net\r\nTo: bob@example.org\r\n"
+        + (f"Auto-Submitted: {auto}\r\n".encode() if auto else b"")
+        + b'Content-Type: multipart/report; report-type=delivery-status; boundary="R"\r\n\r\n'
+        + body
+    )
+    verdict = gate.check_incoming(data, "", [BOB], lambda r: True)
+    assert not verdict.reply.startswith("451")
+    if verdict.accept:
+        types = python_part_types(data)
+        assert types is not None and len(types) == len(parts)
+        assert types[0] == "text/plain" and types[1] == "message/delivery-status"
+        assert auto == "auto-replied"
