@@ -69,7 +69,12 @@ def bench_raw_doveauth(n: int, connections: int) -> list[tuple]:
         try:
             _wait_for(sock.exists, "doveauth socket", proc=proc)
             addrs = [new_addr() for _ in range(n)]
-            new_keys = [f'shared/passdb/password123"{a}' for a in addrs]
+            # Each from its own client IP, as Dovecot sends it: the per-IP creation limit
+            # is checked (and allows) every one of them.
+            new_keys = [
+                f'shared/passdb/password123"{a}"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}'
+                for i, a in enumerate(addrs)
+            ]
             secs, lat = asyncio.run(run_dict_lookups(sock, new_keys, connections))
             rows.append(("doveauth passdb, new account", n, secs, lat))
             secs, lat = asyncio.run(run_dict_lookups(sock, new_keys, connections))
@@ -83,10 +88,15 @@ def bench_raw_doveauth(n: int, connections: int) -> list[tuple]:
     return rows
 
 
-async def imap_login(port: int, addr: str, password: str, latencies: list[float]) -> None:
+async def imap_login(
+    port: int, addr: str, password: str, latencies: list[float], client_ip: str | None = None
+) -> None:
+    """One LOGIN; with ``client_ip``, to the PROXY protocol listener claiming that IP."""
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
+        if client_ip:
+            writer.write(f"PROXY TCP4 {client_ip} 127.0.0.1 40000 143\r\n".encode())
         await reader.readline()  # greeting
         writer.write(f'a LOGIN {addr} "{password}"\r\n'.encode())
         while True:
@@ -104,13 +114,17 @@ async def imap_login(port: int, addr: str, password: str, latencies: list[float]
         writer.close()
 
 
-async def run_imap_logins(port: int, addrs: list[str], concurrency: int) -> tuple[float, list]:
+async def run_imap_logins(
+    port: int, addrs: list[str], concurrency: int, own_ips: bool = False
+) -> tuple[float, list]:
     latencies: list[float] = []
-    queue = list(reversed(addrs))
+    queue = list(reversed(list(enumerate(addrs))))
 
     async def worker():
         while queue:
-            await imap_login(port, queue.pop(), "password123", latencies)
+            i, addr = queue.pop()
+            ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" if own_ips else None
+            await imap_login(port, addr, "password123", latencies, ip)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -128,6 +142,13 @@ def bench_imap(n: int, concurrency: int) -> list[tuple]:
             raise RuntimeError(f"only {created} of {n} accounts were stored")
         secs, lat = asyncio.run(run_imap_logins(dovecot.imap_port, addrs, concurrency))
         rows.append(("IMAP login, existing account", n, secs, lat))
+        # Through the PROXY protocol listener (as port 443 on the relay), every login from
+        # another client IP, so that the per-IP creation limit is checked for each.
+        proxied = [new_addr() for _ in range(n)]
+        secs, lat = asyncio.run(
+            run_imap_logins(dovecot.haproxy_port, proxied, concurrency, own_ips=True)
+        )
+        rows.append(("IMAP login, new, own IP each", n, secs, lat))
     return rows
 
 
