@@ -170,6 +170,9 @@ class GateSMTP(SMTP):
             chunk = await reader.read(DATA_CHUNK)
             if not chunk:
                 raise asyncio.IncompleteReadError(tail, None)
+            # aiosmtpd's timeout (300 s) counts from the DATA command; restart it on
+            # progress so a large message on a slow link is not cut off mid-transfer.
+            self._reset_timeout()
             window = tail + chunk if tail else chunk
             end = window.find(_END)
             if end >= 0:
