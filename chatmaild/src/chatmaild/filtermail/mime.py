@@ -187,6 +187,11 @@ def _parse_params(text: str, pos: int) -> dict[str, str] | None:
         key = pm.group(1).lower()
         if key in params:
             return None
+        value = pm.group(2) if pm.group(2) is not None else pm.group(3)
+        if "=?" in value:
+            # Python's email (policy.default) decodes RFC 2047 words even inside quoted
+            # parameters, so boundary="=?utf-8?q?B?=" would be "B" there.
+            return None
         if pm.group(2) is not None:
             params[key] = pm.group(2)
         elif "\\" in pm.group(3):

@@ -296,6 +296,8 @@ CONTENT_TYPES = [
     'Content-Type : multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"',
     'Content-Type:multipart/encrypted;protocol="application/pgp-encrypted";boundary="B"',
     'Content-Type: multipart/mixed; boundary="B"',
+    # policy.default decodes RFC 2047 words inside quoted parameters: boundary "B" there.
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="=?utf-8?q?B?="',
 ]
 TOP_EXTRAS = [
     "",
@@ -337,10 +339,10 @@ NOTICES = [
     b"--B--\r\n",
     b"\r\n\r\n",
 ]
-BOUNDARY_LINES = [b"--B", b"--B ", b"--B\t", b"--C", b"--B x"]
+BOUNDARY_LINES = [b"--B", b"--B ", b"--B\t", b"--C", b"--B x", b"--=?utf-8?q?B?="]
 
 
-def assemble(ct, extra, preamble, parts, delims, close, epilogue, newline_edits):
+def assemble(ct, extra, preamble, parts, delims, close, epilogue, newline_edits, word=False):
     head = [
         b"From: alice@example.org",
         b"To: bob@example.org",
@@ -355,6 +357,10 @@ def assemble(ct, extra, preamble, parts, delims, close, epilogue, newline_edits)
         body += BOUNDARY_LINES[delims[i % len(delims)]] + b"\r\n" + PARTS[part] + b"\r\n"
     body += close + b"\r\n" + NOTICES[epilogue]
     data = bytearray(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    if word:
+        # The boundary as an RFC 2047 encoded-word, delimiters using it literally.
+        data = data.replace(b'boundary="B"', b'boundary="=?utf-8?q?B?="')
+        data = data.replace(b"\r\n--B", b"\r\n--=?utf-8?q?B?=")
     # CRLF vs LF vs CR: turn some line breaks into bare LF or bare CR.
     for where, kind in newline_edits:
         at = data.find(b"\r\n", int(where * len(data)))
@@ -374,10 +380,14 @@ messages = st.builds(
     usually(0, st.integers(0, len(TOP_EXTRAS) - 1)),
     usually(1, st.sampled_from(range(len(NOTICES)))),
     usually([0, 1], st.lists(st.integers(0, len(PARTS) - 1), min_size=0, max_size=4)),
-    usually([0], st.lists(st.sampled_from([0, 0, 0, 1, 2, 3, 4]), min_size=1, max_size=3)),
-    usually(b"--B--", st.sampled_from([b"--B--", b"--B-- ", b"--C--", b"--B--x", b""])),
+    usually([0], st.lists(st.sampled_from([0, 0, 0, 1, 2, 3, 4, 5]), min_size=1, max_size=3)),
+    usually(
+        b"--B--",
+        st.sampled_from([b"--B--", b"--B-- ", b"--C--", b"--B--x", b"", b"--=?utf-8?q?B?=--"]),
+    ),
     usually(0, st.sampled_from(range(len(NOTICES)))),
     usually([], st.lists(st.tuples(st.floats(0, 1), st.booleans()), max_size=2)),
+    usually(False, st.booleans()),
 )
 
 
