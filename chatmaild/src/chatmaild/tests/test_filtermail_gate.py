@@ -49,6 +49,8 @@ CORPUS = {
     "asm-base64.eml": (ENC, ENC),
     "mailer-daemon.eml": (FORGED, OK),
     "mailer-daemon-postfix.eml": (FORGED, OK),
+    # Captured from a throw-away Postfix 3.7.11 (bounce of encrypted.eml), not generated.
+    "mailer-daemon-postfix-3.7.eml": (FORGED, OK),
     "mailer-daemon-fake.eml": (FORGED, ENC),
     "attack-extra-part.eml": (ENC, ENC),
     "attack-nested-in-mixed.eml": (ENC, ENC),

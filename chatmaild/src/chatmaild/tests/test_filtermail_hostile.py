@@ -322,7 +322,7 @@ def test_incoming_needs_exactly_one_plain_from(from_lines):
     assert incoming(data).reply.startswith(BAD_FROM)
     bounce = postfix_bounce(VALID)
     bounce = bounce.replace(
-        b"From: MAILER-DAEMON@mx.example.net (Mail Delivery System)\r\n",
+        b"From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n",
         CRLF.join(
             x.replace("alice@example.org", "MAILER-DAEMON@mx.example.net").encode()
             for x in from_lines
@@ -378,7 +378,10 @@ def test_bounce_without_auto_submitted_is_refused():
         (b"report-type=delivery-status", b"report-type=disposition-notification"),
         (b"report-type=delivery-status;", b""),
         (b"Content-Type: message/delivery-status", b"Content-Type: text/plain"),
-        (b"Content-Type: text/plain; charset=utf-8", b"Content-Type: text/html; charset=utf-8"),
+        (
+            b"Content-Type: text/plain; charset=us-ascii",
+            b"Content-Type: text/html; charset=us-ascii",
+        ),
         (b"Content-Type: message/rfc822", b"Content-Type: text/html"),
         (b"This is a MIME-encapsulated message.\r\n", b"Meet at 10.\r\nBring it.\r\n"),
     ],
