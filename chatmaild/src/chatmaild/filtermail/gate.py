@@ -290,7 +290,7 @@ def _is_setup_payload(body: bytes) -> bool:
 
 def _setup_part_body(msg: Message, part: mime.Entity) -> bytes | None:
     body = msg.region(part.body_start, part.body_end, MAX_SETUP_PART)
-    if body is None or msg.data.find(b"\x00", part.body_start, part.body_end) >= 0:
+    if body is None:
         return None
     if mime.has_identity_encoding(part.headers):
         return body
@@ -323,6 +323,8 @@ def is_autocrypt_setup_message(msg: Message, from_addr: str, rcpt_tos: Sequence[
         return False
     if not (_is_notice(msg, mp.preamble) and _is_blank(msg, mp.epilogue)):
         return False
+    if mime.has_bare_cr_lf_or_nul(msg.data, msg.body_start, len(msg.data)):
+        raise mime.ParseError("bare CR, LF or NUL in a setup message")
     setup = [
         p
         for p in mp.parts

@@ -371,16 +371,19 @@ def _strip_one_line_break(data: Buffer, start: int, end: int) -> int:
     return end
 
 
-_BARE_CR_LF_NUL = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
-
-
 def has_bare_cr_lf_or_nul(data: Buffer, start: int, end: int) -> bool:
     """True if ``data[start:end]`` has a CR or LF outside CRLF, or a NUL.
 
     Python's ``email`` ends a line at a lone CR as well, so a body with one could hold
-    a delimiter that only Python sees.
+    a delimiter that only Python sees. Counting (C speed) instead of a regex: every CR
+    is in a CRLF exactly when the three counts agree.
     """
-    return _BARE_CR_LF_NUL.search(data, start, end) is not None
+    pairs = data.count(b"\r\n", start, end)
+    return (
+        data.count(b"\r", start, end) != pairs
+        or data.count(b"\n", start, end) != pairs
+        or data.find(b"\x00", start, end) >= 0
+    )
 
 
 class AddressError(ValueError):

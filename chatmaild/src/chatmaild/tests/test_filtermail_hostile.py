@@ -501,6 +501,18 @@ def test_setup_message_with_an_extra_part_is_refused():
     assert outgoing(extra, rcpts=[ALICE]).reply == ENC
 
 
+def test_setup_message_with_a_bare_cr_delimiter_is_refused():
+    # Python's email ends a line at a lone CR and would see a third, text/html part.
+    asm = read("asm.eml").replace(
+        b"Setup Message.\r\n",
+        b"Setup Message.\r--bnd-Mix1\r\nContent-Type: text/html\r\n\r\nhi\r\n",
+        1,
+    )
+    assert (
+        outgoing(asm, rcpts=[ALICE]).reply == UNPARSABLE + "bare CR, LF or NUL in a setup message"
+    )
+
+
 def test_setup_message_is_not_an_incoming_exception():
     assert incoming(read("asm.eml"), rcpts=[ALICE]).reply == ENC
 
@@ -569,6 +581,9 @@ def hostile_shape(name: str) -> bytearray:
         flood = bytearray(b"\xc1\x00") * (SIZE * 3 // 8)
         flood += packet(18, b"x")
         data += pgp_mime(armor(bytes(flood), crc=False))
+    elif name == "big-bounce":
+        returned = bytearray(b"X: y\r\n\r\n") + (b"x" * 76 + CRLF) * (SIZE // 78)
+        data += postfix_bounce(bytes(returned))
     elif name == "valid-encrypted":
         rng = random.Random(1)
         payload = packet(1, rng.randbytes(270)) + mailgen.partial_packet(
@@ -591,6 +606,7 @@ HOSTILE_SHAPES = [
     "lookalike-lines",
     "packet-flood",
     "valid-encrypted",
+    "big-bounce",
 ]
 
 
@@ -608,6 +624,8 @@ def test_hostile_30mib_message_costs_at_most_twice_its_size(name):
     assert result["growth_kib"] * 1024 < 2 * result["size"], result
     if name == "valid-encrypted":
         assert result["out"] == result["in"] == OK
+    elif name == "big-bounce":
+        assert result["in"] == OK and result["out"] != OK
     else:
         assert result["out"] != OK and result["in"] != OK
         assert not result["out"].startswith("451") and not result["in"].startswith("451")
