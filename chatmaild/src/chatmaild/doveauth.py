@@ -40,6 +40,8 @@ MAX_ADDRESS = 254
 
 def split_escaped(text: str, sep: str = '"') -> list[str]:
     """Split on unescaped ``sep`` and undo Dovecot's ``%E`` backslash escaping."""
+    if "\\" not in text:
+        return text.split(sep)  # the common case, without a loop over every character
     parts, cur = [], []
     it = iter(text)
     for ch in it:
