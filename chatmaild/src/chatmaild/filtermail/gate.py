@@ -174,7 +174,9 @@ def _pgp_part_ok(part: mime.Entity, mime_type: str, params: set[str]) -> bool:
     if not _part_fields_allowed(part, _PGP_PART_FIELDS):
         return False
     ct = mime.structural_content_type(part.headers)
-    if ct.mime_type != mime_type or not _short_params(ct.params, params):
+    if ct.mime_type != mime_type or not set(ct.params) <= params:
+        return False
+    if not all(_FILENAME.fullmatch(value) for value in ct.params.values()):
         return False
     if not mime.has_identity_encoding(part.headers):
         return False
@@ -210,10 +212,6 @@ def is_encrypted(msg: Message, incoming: bool) -> bool:
     if not _pgp_part_ok(control, "application/pgp-encrypted", set()):
         return False
     if not _pgp_part_ok(payload, "application/octet-stream", {"name"}):
-        return False
-    if "name" in mime.content_type_of(payload.headers).params and not _FILENAME.fullmatch(
-        mime.content_type_of(payload.headers).params["name"]
-    ):
         return False
     # RFC 3156 §4: the control part says "Version: 1".
     body = msg.region(control.body_start, control.body_end, 64)
