@@ -323,20 +323,11 @@ def is_autocrypt_setup_message(msg: Message, from_addr: str, rcpt_tos: Sequence[
         return False
     if mime.has_bare_cr_lf_or_nul(msg.data, msg.body_start, len(msg.data)):
         raise mime.ParseError("bare CR, LF or NUL in a setup message")
-    setup = [
-        p
-        for p in mp.parts
-        if mime.structural_content_type(p.headers).mime_type == "application/autocrypt-setup"
-    ]
-    text = [p for p in mp.parts if p not in setup]
-    if len(setup) != 1 or len(text) > 1:
+    # Autocrypt §4.4.3: the description (if any) first, the setup data last.
+    *text, setup = mp.parts
+    if mime.structural_content_type(setup.headers).mime_type != "application/autocrypt-setup":
         return False
-    allowed = {
-        "content-type",
-        "content-transfer-encoding",
-        "content-disposition",
-        "content-description",
-    }
+    allowed = {"content-type", "content-transfer-encoding", "content-disposition"}
     for part in mp.parts:
         if not _part_fields_allowed(part, allowed):
             return False
@@ -345,7 +336,7 @@ def is_autocrypt_setup_message(msg: Message, from_addr: str, rcpt_tos: Sequence[
         ct = mime.structural_content_type(desc.headers)
         if ct.mime_type != "text/plain" or desc.body_end - desc.body_start > MAX_SETUP_DESCRIPTION:
             return False
-    payload = _setup_part_body(msg, setup[0])
+    payload = _setup_part_body(msg, setup)
     return payload is not None and _is_setup_payload(payload)
 
 

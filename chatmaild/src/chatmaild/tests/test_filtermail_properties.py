@@ -491,3 +491,80 @@ def test_report_exception_never_passes_another_structure(parts, preamble, auto):
         assert types is not None and len(types) == len(parts)
         assert types[0] == "text/plain" and types[1] == "message/delivery-status"
         assert auto == "auto-replied"
+
+
+ASM_SETUP = (
+    (MAIL_DATA / "asm.eml").read_bytes().split(b"--bnd-Mix1\r\n")[2].split(b"\r\n--bnd-Mix1--")[0]
+)
+MIXED_PARTS = [
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nSecure-Join: vc-request",
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nThis is the Autocrypt Setup Message.",
+    ASM_SETUP,
+    b"Content-Type: text/html\r\n\r\n<p>secret</p>",
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nSecure-Join: vc-request\r--M\r\nContent-Type: text/html\r\n\r\nx",
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Type: text/html\r\n\r\nSecure-Join: vc-request",
+    b"Content-Type: text/plain; charset*=utf-8''x\r\n\r\nSecure-Join: vc-request",
+    b"Content-Type : text/html\r\n\r\nSecure-Join: vc-request",
+    b"\r\nSecure-Join: vc-request",
+]
+
+
+def assemble_mixed(ct, parts, preamble, epilogue, newline_edits):
+    cts = [
+        b'Content-Type: multipart/mixed; boundary="M"',
+        b"Content-Type: multipart/mixed; boundary*=''N; boundary=\"M\"",
+        b'Content-Type: multipart/mixed; boundary="=?utf-8?q?M?="',
+        b'Content-Type: multipart/mixed; boundary="M"\r\nContent-Transfer-Encoding: base64',
+    ]
+    head = (
+        b"From: alice@example.org\r\nTo: alice@example.org\r\n"
+        b"Subject: Autocrypt Setup Message\r\nAutocrypt-Setup-Message: v1\r\n"
+        b"Secure-Join: vc-request\r\nMIME-Version: 1.0\r\n" + cts[ct] + b"\r\n\r\n"
+    )
+    body = NOTICES[preamble]
+    for part in parts:
+        body += b"--M\r\n" + MIXED_PARTS[part] + b"\r\n"
+    data = bytearray(head + body + b"--M--\r\n" + NOTICES[epilogue])
+    for where, kind in newline_edits:
+        at = data.find(b"\r\n", int(where * len(data)))
+        if at >= 0:
+            data[at : at + 2] = b"\n" if kind else b"\r"
+    return bytes(data)
+
+
+mixed_messages = st.builds(
+    assemble_mixed,
+    usually(0, st.integers(0, 3)),
+    st.one_of(
+        st.just([0]),
+        st.just([1, 2]),
+        st.lists(st.integers(0, len(MIXED_PARTS) - 1), min_size=1, max_size=3),
+    ),
+    usually(0, st.sampled_from(range(len(NOTICES)))),
+    usually(0, st.sampled_from(range(len(NOTICES)))),
+    usually([], st.lists(st.tuples(st.floats(0, 1), st.booleans()), max_size=2)),
+)
+
+
+def test_assembled_exceptions_pass():
+    assert gate.check_outgoing(assemble_mixed(0, [0], 0, 0, []), ALICE, [BOB]).accept
+    assert gate.check_outgoing(assemble_mixed(0, [1, 2], 0, 0, []), ALICE, [ALICE]).accept
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mixed_messages)
+def test_securejoin_and_setup_message_pass_only_what_python_email_sees_the_same(data):
+    for rcpt in (BOB, ALICE):
+        verdict = gate.check_outgoing(data, ALICE, [rcpt])
+        assert not verdict.reply.startswith("451"), verdict
+        if verdict.accept:
+            types = python_part_types(data)
+            assert types in (
+                ["text/plain"],
+                ["text/plain", "application/autocrypt-setup"],
+                ["application/autocrypt-setup"],
+            ), types
+            msg = email.message_from_bytes(data, policy=email.policy.default)
+            assert msg.get_boundary() == "M"
+            for notice in (msg.preamble, msg.epilogue):
+                assert not notice or len(notice.strip().splitlines()) <= 1
