@@ -568,3 +568,20 @@ def test_securejoin_and_setup_message_pass_only_what_python_email_sees_the_same(
             assert msg.get_boundary() == "M"
             for notice in (msg.preamble, msg.epilogue):
                 assert not notice or len(notice.strip().splitlines()) <= 1
+
+
+CORPUS_FILES = sorted(MAIL_DATA.glob("*.eml"))
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(CORPUS_FILES), st.lists(mutation, min_size=1, max_size=4))
+def test_mutated_corpus_files_never_cause_an_internal_error(path, mutations):
+    data = mutate(path.read_bytes(), mutations)
+    replies = [
+        gate.check_outgoing(data, ALICE, [BOB]).reply,
+        gate.check_outgoing(data, ALICE, [ALICE]).reply,
+        gate.check_incoming(data, "", [BOB], lambda r: True).reply,
+        gate.check_incoming(data, "x@example.net", [BOB], lambda r: False).reply,
+    ]
+    for reply in replies:
+        assert reply[:3] in ("250", "500", "523", "552"), reply
