@@ -6,6 +6,33 @@ Autocrypt Setup Message outgoing, a delivery status notification from a mailer d
 incoming). Every uncertainty refuses the message, and parsing is bounded (``mime``'s
 limits), so hostile input costs little and never reaches an internal error.
 
+Accepted shapes (everything else is refused):
+
+- Encrypted (RFC 3156 §4): ``multipart/encrypted`` with ``protocol`` equal to
+  ``application/pgp-encrypted`` (ASCII case-insensitive), identity transfer encoding,
+  preamble and epilogue empty or one printable ASCII line of at most 200 octets that is
+  neither header-like nor starts with "-", and exactly two parts. Part header fields are
+  limited to Content-Type, Content-Transfer-Encoding (7bit/8bit/binary),
+  Content-Disposition (``inline``/``attachment``, optional short ``filename``) and
+  Content-Description with one of the labels PGP/MIME writers use ("PGP/MIME version
+  identification", "PGP/MIME Versions Identification", "OpenPGP encrypted message",
+  "Encrypted message"). The control part has no parameters and says ``Version: 1``; the
+  payload part may carry a short ``name`` and holds one armored PKESK/SKESK* SEIPD message.
+- Securejoin ``vc-request``/``vg-request`` to exactly one recipient: ``multipart/mixed``,
+  no preamble or epilogue text, one ``text/plain`` part with only Content-Type and
+  Content-Transfer-Encoding, body ``Secure-Join: <the header's step>``.
+- Autocrypt Setup Message (outgoing, to oneself only): ``Autocrypt-Setup-Message: v1``,
+  ``multipart/mixed``, an optional short ``text/plain`` description, then one
+  ``application/autocrypt-setup`` part whose (identity or base64) body is the armored
+  SKESK+SEIPD message with ``Passphrase-*`` armor headers, at most wrapped in a short
+  HTML page as Delta Chat writes it.
+- Delivery status notification (incoming): null envelope sender, ``Auto-Submitted`` not
+  ``no``, From ``mailer-daemon@…``, ``multipart/report; report-type=delivery-status``
+  with ``text/plain``, ``message/delivery-status`` and optionally ``message/rfc822``,
+  ``text/rfc822-headers`` or ``message/global-headers``; no bare CR/LF/NUL.
+- Any other mail incoming, if no recipient enforces E2EE; the top-level header section,
+  From and Content-Type checks still apply to it.
+
 Replies:
 
 - ``250 OK``: accepted, handed on unchanged.
