@@ -296,6 +296,8 @@ CONTENT_TYPES = [
     'Content-Type : multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"',
     'Content-Type:multipart/encrypted;protocol="application/pgp-encrypted";boundary="B"',
     'Content-Type: multipart/mixed; boundary="B"',
+    'Content-Type: multipart/encrypted ; protocol = "application/pgp-encrypted" ;boundary= B ',
+    'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"; x="y;boundary=C"',
     # policy.default decodes RFC 2047 words inside quoted parameters: boundary "B" there.
     'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="=?utf-8?q?B?="',
 ]
