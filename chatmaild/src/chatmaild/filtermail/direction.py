@@ -68,7 +68,7 @@ class Outgoing(Direction):
             return verdict.reply
         sender = mime.ascii_lower(address)
         if sender not in self.exempt and not self.limiter.allow(sender):
-            log.info("%s: Rate limited %s", self.log_prefix, address)
+            log.info("Outgoing: Rate limited %s", address)
             return f"450 4.7.1: Too much mail from {address}"
         return None
 
@@ -86,7 +86,7 @@ class Incoming(Direction):
         # Refusing here, while the sending relay still holds the message, means an
         # unknown recipient never makes Postfix queue a bounce to a forged sender.
         if local_account(self.config, address) is None:
-            log.info("%s: Rejected unknown recipient.", self.log_prefix)
+            log.info("Incoming: Rejected unknown recipient.")
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         return None
 

@@ -157,6 +157,7 @@ FILTERMAIL_EXPECTED = {
     f"Incoming: Filtering mailer-daemon message from sender@{DOMAIN}": {
         "incoming_mailer_daemon_mail_count"
     },
+    "Incoming: Rejected unknown recipient.": {"incoming_rejected_unknown_recipient_count"},
 }
 
 SAMPLE_LINES = {
