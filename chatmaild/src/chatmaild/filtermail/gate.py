@@ -194,6 +194,8 @@ _PGP_DESCRIPTIONS = {
     b"encrypted message",
 }
 _FILENAME = re.compile(r"[A-Za-z0-9._ -]{1,64}")
+# Delta Chat 2.65 labels both PGP/MIME parts `charset="utf-8"` (seen on the wire in the lab).
+_CHARSETS = {"us-ascii", "utf-8"}
 _CONTROL_BODY = re.compile(rb"(?:[ \t]*\r\n)*Version: 1[ \t]*(?:\r\n[ \t]*)*")
 
 
@@ -203,7 +205,10 @@ def _pgp_part_ok(part: mime.Entity, mime_type: str, params: set[str]) -> bool:
     ct = mime.structural_content_type(part.headers)
     if ct.mime_type != mime_type or not set(ct.params) <= params:
         return False
-    if not all(_FILENAME.fullmatch(value) for value in ct.params.values()):
+    charset = ct.params.get("charset")
+    if charset is not None and charset.lower() not in _CHARSETS:
+        return False
+    if not all(_FILENAME.fullmatch(v) for k, v in ct.params.items() if k != "charset"):
         return False
     if not mime.has_identity_encoding(part.headers):
         return False
@@ -236,9 +241,9 @@ def is_encrypted(msg: Message, incoming: bool) -> bool:
     if not (_is_notice(msg, mp.preamble) and _is_notice(msg, mp.epilogue)):
         return False
     control, payload = mp.parts
-    if not _pgp_part_ok(control, "application/pgp-encrypted", set()):
+    if not _pgp_part_ok(control, "application/pgp-encrypted", {"charset"}):
         return False
-    if not _pgp_part_ok(payload, "application/octet-stream", {"name"}):
+    if not _pgp_part_ok(payload, "application/octet-stream", {"name", "charset"}):
         return False
     # RFC 3156 §4: the control part says "Version: 1".
     body = msg.region(control.body_start, control.body_end, 64)

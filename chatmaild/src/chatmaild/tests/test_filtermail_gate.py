@@ -26,6 +26,9 @@ CORPUS = {
     "plain.eml": (ENC, ENC),
     "fake-encrypted.eml": (ENC, ENC),
     "encrypted.eml": (OK, OK),
+    # The shape Delta Chat 2.65 sends (captured in the lab): charset on both parts, 7bit.
+    "encrypted-deltachat-2.65.eml": (OK, OK),
+    "attack-pgp-part-odd-charset.eml": (ENC, ENC),
     "encrypted-skesk.eml": (OK, OK),
     "encrypted-seipd-only.eml": (OK, OK),
     "encrypted-partial-lengths.eml": (OK, OK),
