@@ -95,7 +95,7 @@ def test_postfix_maps_are_valid_regexp_tables(config, tmp_path):
 
     assert query("login_map", "abc@chat.example.org") == "abc@chat.example.org"
     assert query("submission_header_cleanup", "Subject: secret plans") == "REPLACE Subject: [...]"
-    # Postfix takes "Subject : x" for a Subject header too (white space before the colon).
+    # "Subject : x" (white space before the colon) is replaced as well.
     for odd in ("Subject : secret", "SUBJECT:secret", "subject\t: secret"):
         assert query("submission_header_cleanup", odd) == "REPLACE Subject: [...]", odd
     # The allow-list: headers of Delta Chat's outer message pass, anything else is dropped.

@@ -325,9 +325,8 @@ def test_only_allowed_headers_leave_the_relay(lab, relays, relay2_key):
 
 
 def attack_spaced_subject(lab, relays, relay2_key) -> None:
-    """Postfix reads "Subject : x" as a Subject header too (its header parser allows white
-    space before the colon). Injected right into the reinject listener, past the gate that
-    refuses it at submission, the secret still does not leave."""
+    """A "Subject : x" line injected right into the reinject listener, past the gate that
+    refuses it at submission: the secret does not leave."""
 
     def msg_for(sender, rcpt):
         msg = encrypted(sender, rcpt, f"{name(16)}@x")
@@ -404,13 +403,8 @@ OLD_SETTINGS = {
         "postconf -P authclean/unix/header_checks=regexp:/etc/postfix/submission_header_cleanup"
         + RESTART,
     ),
-    "spaced subject": (
-        attack_spaced_subject,
-        "printf '/^Received:/ IGNORE\\n/^Subject:/ REPLACE Subject: [...]\\n' > /etc/postfix/old"
-        " && postconf -P authclean/unix/header_checks=regexp:/etc/postfix/old" + RESTART,
-        "postconf -P authclean/unix/header_checks=regexp:/etc/postfix/submission_header_cleanup"
-        + RESTART,
-    ),
+    # "spaced subject" is not here: with the old table the secret did not leave either
+    # (lab run 10:52), so that test shows the allow-list's result, not that it is needed.
     "unit caps": (
         check_unit_caps,
         "mkdir -p /etc/systemd/system/doveauth.service.d && printf '[Service]\\nMemoryMax=infinity"
