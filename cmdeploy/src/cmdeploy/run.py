@@ -23,7 +23,7 @@ NGINX = {"nginx"}
 # Ports the relay listens on -> the programs (process names) allowed to hold them already.
 PORTS = {
     25: POSTFIX, 587: POSTFIX, 465: POSTFIX, 143: DOVECOT, 993: DOVECOT,
-    80: NGINX, 443: NGINX, 8443: NGINX, 8465: NGINX, 8993: DOVECOT, 53: {"unbound"},
+    80: NGINX, 443: NGINX, 8443: NGINX, 8465: POSTFIX, 8993: DOVECOT, 53: {"unbound"},
 }  # fmt: skip
 
 

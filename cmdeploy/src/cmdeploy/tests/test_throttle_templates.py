@@ -34,8 +34,7 @@ def test_port_443_passes_the_client_address_to_every_backend():
     text = nginx_conf(config())
     assert "proxy_protocol on;" in text
     assert "~\\bimap\\b 127.0.0.1:8993;" in text
-    # Postfix does not read the header: nginx drops it before 465.
-    assert "listen 127.0.0.1:8465 proxy_protocol;" in text
+    assert "~\\bsmtp\\b 127.0.0.1:8465;" in text
     assert "listen 127.0.0.1:8443 ssl http2 proxy_protocol;" in text
     assert "real_ip_header proxy_protocol;" in text
 

@@ -56,6 +56,11 @@ def test_new_accounts_beyond_the_per_ip_burst_are_refused_logins_go_on(lab, rela
         refused = probe(lab, "logins", host=relay.domain, users=[late], password=PASSWORD,
                         port=port)  # fmt: skip
         assert not refused[0]["ok"], f"account created beyond the burst on port {port}"
+    # SMTP AUTH through 443 reaches Postfix with the client's address too (PROXY protocol).
+    refused = probe(lab, "smtp_logins", host=relay.domain, users=[late], password=PASSWORD)
+    assert not refused[0]["ok"], "account created beyond the burst by SMTP over 443"
+    existing = probe(lab, "smtp_logins", host=relay.domain, users=direct[:1], password=PASSWORD)
+    assert existing[0]["ok"], existing
     log = journal(lab, relay, "doveauth")
     assert f"registration rejected: too many new accounts from {lab.client_ip}" in log
     assert f"Created address: {late}" not in log

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import imaplib
 import json
+import smtplib
 import socket
 import ssl
 import sys
@@ -43,6 +44,21 @@ def _login(host: str, user: str, password: str, port: int) -> dict:
         except (imaplib.IMAP4.abort, OSError):
             pass
     return {"ok": ok, "error": error, "secs": time.monotonic() - start}
+
+
+def smtp_logins(host: str, users: list[str], password: str) -> list[dict]:
+    """SMTP AUTH of each user on 443 with ALPN "smtp" (nginx passes it on to Postfix)."""
+    results = []
+    for user in users:
+        start = time.monotonic()
+        try:
+            with smtplib.SMTP_SSL(host, 443, context=_context("smtp"), timeout=60) as conn:
+                conn.login(user, password)
+            ok, error = True, ""
+        except (smtplib.SMTPException, OSError) as e:
+            ok, error = False, str(e)
+        results.append({"ok": ok, "error": error, "secs": time.monotonic() - start})
+    return results
 
 
 def logins(host: str, users: list[str], password: str, port: int = 993) -> list[dict]:

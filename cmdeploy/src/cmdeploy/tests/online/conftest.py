@@ -140,6 +140,21 @@ def smtp25(domain, ssl_context):
         conn.close()
 
 
+@pytest.fixture
+def fill_quota(remote, config):
+    """Make an account of relay 1 look full to Dovecot, so its next delivery fails."""
+
+    def fill(addr: str) -> None:
+        maildir = f"{config.mailboxes_dir}/{addr}"
+        size = config.max_mailbox_size
+        # A message file claiming the whole quota, named as Dovecot names them (S=<size>).
+        fake = f"{maildir}/cur/1700000000.M1P1.fake,S={size},W={size}:2,"
+        remote.run(f"install -o vmail -g vmail -d {maildir}/cur && touch '{fake}' && "
+                   f"chown vmail: '{fake}' && doveadm quota recalc -u {addr}")  # fmt: skip
+
+    return fill
+
+
 @pytest.fixture(scope="module")
 def dc(tmp_path_factory):
     """Real Delta Chat core (deltachat-rpc-server from this venv), one per test module."""

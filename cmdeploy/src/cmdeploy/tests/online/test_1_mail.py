@@ -154,14 +154,33 @@ def test_cleartext_from_other_relays_is_refused(smtp25, account):
     assert e.value.smtp_code == 523
 
 
-def test_bounces_are_dkim_signed(smtp, imap, creds, domain, domain2):
-    """Mail to an unknown address of relay 1 bounces to a sender on relay 2, which takes
-    mail from other relays only with a valid DKIM signature of the sending domain."""
+def test_bounces_are_dkim_signed(smtp, imap, creds, domain, domain2, fill_quota):
+    """A delivery that fails on relay 1 after it took the mail (a full mailbox) bounces to
+    the sender on relay 2, which takes mail from other relays only with a valid DKIM
+    signature of the sending domain, and bounces only from the null sender."""
+    rcpt, rcpt_pw = creds.addr(domain), creds.password()
+    imap().login(rcpt, rcpt_pw)
+    fill_quota(rcpt)
+    sender, password = creds.addr(domain2), creds.password()
+    imap(domain2).login(sender, password)
+    send(lambda: smtp(domain2), sender, password, encrypted(sender, rcpt), sender, [rcpt])
+    (raw,) = wait_for_messages(lambda: imap(domain2), sender, password, timeout=60)
+    bounce = email.message_from_bytes(raw)
+    assert email.utils.parseaddr(bounce["From"])[1].lower() == f"mailer-daemon@{domain}"
+    assert bounce.get_content_type() == "multipart/report"
+
+
+def test_unknown_recipient_is_refused_before_relay_1_takes_the_mail(
+    smtp, imap, creds, domain, domain2, remote
+):
+    """Relay 1 refuses an unknown address at RCPT time, so it never makes a bounce
+    (no backscatter); the sending relay tells its own user."""
     sender, password = creds.addr(domain2), creds.password()
     imap(domain2).login(sender, password)
     nobody = creds.addr(domain)  # never logged in: no such account
     send(lambda: smtp(domain2), sender, password, encrypted(sender, nobody), sender, [nobody])
     (raw,) = wait_for_messages(lambda: imap(domain2), sender, password, timeout=60)
     bounce = email.message_from_bytes(raw)
-    assert email.utils.parseaddr(bounce["From"])[1].lower() == f"mailer-daemon@{domain}"
-    assert bounce.get_content_type() == "multipart/report"
+    assert email.utils.parseaddr(bounce["From"])[1].lower() == f"mailer-daemon@{domain2}"
+    assert b"5.1.1" in raw and b"User unknown" in raw
+    assert nobody.encode() not in remote.run("postqueue -p", check=False).stdout.encode()

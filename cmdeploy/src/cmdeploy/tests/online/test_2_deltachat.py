@@ -134,15 +134,9 @@ def test_push_notification_reaches_the_notification_server(make_account, imap, d
         assert server.wait_for("test-token-77", timeout=60)
 
 
-def test_quota_exceeded_is_reported(make_account, remote, config, domain):
+def test_quota_exceeded_is_reported(make_account, remote, fill_quota, domain):
     recipient, sender = make_account(domain), make_account(domain)
-    addr = addr_of(recipient)
-    maildir = f"{config.mailboxes_dir}/{addr}"
-    size = config.max_mailbox_size
-    # A message file claiming the whole quota, named as Dovecot names them (S=<size>).
-    fake = f"{maildir}/cur/1700000000.M1P1.fake,S={size},W={size}:2,"
-    remote.run(f"install -o vmail -g vmail -d {maildir}/cur && touch '{fake}' && "
-               f"chown vmail: '{fake}' && doveadm quota recalc -u {addr}")  # fmt: skip
+    fill_quota(addr_of(recipient))
     since = remote.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
     sender.create_chat(recipient).send_text("does not fit")
     deadline = time.monotonic() + 60
