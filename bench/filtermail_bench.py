@@ -22,46 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import smtpsink  # bench/ is on sys.path when a bench script runs
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chatmaild" / "src"))
 
 from chatmaild.tests.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime  # noqa: E402
 from chatmaild.tests.procs import free_port  # noqa: E402
 
 # --- sink: just enough SMTP to swallow messages quickly --------------------------------
-
-
-async def _sink_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"220 sink\r\n")
-    try:
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            verb = line[:4].upper()
-            if verb == b"DATA":
-                writer.write(b"354 go\r\n")
-                await reader.readuntil(b"\r\n.\r\n")
-                writer.write(b"250 2.0.0 Ok: queued\r\n")
-            elif verb == b"EHLO":
-                writer.write(b"250-sink\r\n250 8BITMIME\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-                await writer.drain()
-                break
-            else:
-                writer.write(b"250 OK\r\n")
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-
-
-async def _run_sink(port: int) -> None:
-    server = await asyncio.start_server(
-        _sink_session, "127.0.0.1", port, limit=64 << 20, backlog=1024
-    )
-    print("sink ready", flush=True)
-    async with server:
-        await server.serve_forever()
 
 
 # --- client -----------------------------------------------------------------------------
@@ -189,26 +157,15 @@ def scenario(name: str, data: bytes, total: int, clients: int, sink_port: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--small", type=int, default=5000, help="number of 10 KB messages")
     parser.add_argument("--large", type=int, default=200, help="number of 1 MB messages")
     args = parser.parse_args()
-    if args.sink:
-        asyncio.run(_run_sink(args.sink))
-        return
     sink_port = free_port()
-    sink = subprocess.Popen(
-        [sys.executable, __file__, "--sink", str(sink_port)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        sink.stdout.readline()
+    with smtpsink.running(sink_port):
         print(f"cpus: {os.cpu_count()}  python: {sys.version.split()[0]}")
         scenario("small", encrypted_message(10 * 1024), args.small, args.clients, sink_port)
         scenario("large", encrypted_message(1024 * 1024), args.large, args.clients, sink_port)
-    finally:
-        sink.terminate()
-        sink.wait(10)
 
 
 if __name__ == "__main__":

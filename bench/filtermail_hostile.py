@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import smtpsink  # bench/ is on sys.path when a bench script runs
+
 CRLF = b"\r\n"
 RCPT = "bob@example.org"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -169,36 +171,6 @@ SHAPES: list[tuple[str, Callable[[int], bytearray], bool, bool]] = [
 # --- sink and client --------------------------------------------------------------------
 
 
-async def _sink_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"220 sink\r\n")
-    try:
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            verb = line[:4].upper()
-            if verb == b"DATA":
-                writer.write(b"354 go\r\n")
-                await reader.readuntil(b"\r\n.\r\n")
-                writer.write(b"250 2.0.0 Ok: queued\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-                await writer.drain()
-                break
-            else:
-                writer.write(b"250 OK\r\n")
-            await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-
-
-async def _run_sink(port: int) -> None:
-    server = await asyncio.start_server(_sink_session, "127.0.0.1", port, limit=64 << 20)
-    print("sink ready", flush=True)
-    async with server:
-        await server.serve_forever()
-
-
 def dot_stuff(data: bytes | bytearray) -> bytes:
     """RFC 5321 §4.5.2 transparency, plus a final CRLF if missing."""
     out = bytes(data)
@@ -290,21 +262,13 @@ def start_filtermail(tmp: Path, sink_port: int, enforcing: bool) -> tuple[subpro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--size-mib", type=float, default=29.9, help="size of the hostile shapes (default 29.9)"
     )
     args = parser.parse_args()
-    if args.sink:
-        asyncio.run(_run_sink(args.sink))
-        return
     size = int(args.size_mib * 1024 * 1024)
     sink_port = free_port()
-    sink = subprocess.Popen(
-        [sys.executable, __file__, "--sink", str(sink_port)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        sink.stdout.readline()
+    with smtpsink.running(sink_port):
         print(f"cpus: {os.cpu_count()}  python: {sys.version.split()[0]}  filtermail incoming")
         print(f"{'shape':24} {'size MiB':>8}  {'idle MB':>7} {'peak MB':>7} {'CPU s':>6}  reply")
         for name, gen, sized, enforcing in SHAPES:
@@ -323,9 +287,6 @@ def main() -> None:
                 f"{name:24} {len(data) / 2**20:8.2f}  {idle:7.1f} {peak:7.1f} {cpu:6.2f}  {reply[:70]}",
                 flush=True,
             )
-    finally:
-        sink.terminate()
-        sink.wait(10)
 
 
 if __name__ == "__main__":
