@@ -39,14 +39,19 @@ def config(request, cert):
     return parse_config(render_initial_config("chat.example.org", overrides))
 
 
-def test_dovecot_config_is_valid(config, tmp_path):
+def doveconf_n(config, tmp_path) -> subprocess.CompletedProcess:
+    """``doveconf -n`` of the rendered dovecot.conf and auth.conf (no certificate read)."""
     need("doveconf")
     d = DovecotDeployer(config, DeployOptions())
     text = d.render("dovecot.conf.j2", venv="/usr/local/lib/chatmaild/venv")
     (tmp_path / "auth.conf").write_text(d.render("auth.conf.j2"))
     conf = tmp_path / "dovecot.conf"
     conf.write_text(text.replace("/etc/dovecot/auth.conf", str(tmp_path / "auth.conf")))
-    out = subprocess.run(["doveconf", "-c", conf, "-n"], capture_output=True, text=True)
+    return subprocess.run(["doveconf", "-c", conf, "-n"], capture_output=True, text=True)
+
+
+def test_dovecot_config_is_valid(config, tmp_path):
+    out = doveconf_n(config, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "imap_capability = +XDELTAPUSH XCHATMAIL" in out.stdout
     assert "quota_rule = *:storage=500M" in out.stdout

@@ -1,16 +1,14 @@
 """The throttling parts of the rendered nginx, Dovecot and doveauth configuration."""
 
 import re
-import shutil
-import subprocess
 
-import pytest
 from chatmaild.config import parse_config, render_initial_config
 from chatmaild.tests import dovecot_instance
 
 from cmdeploy.deployer import DeployOptions
 from cmdeploy.dovecot.deployer import DovecotDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
+from cmdeploy.tests.test_templates import doveconf_n
 
 
 def config(**overrides):
@@ -40,15 +38,7 @@ def test_port_443_passes_the_client_address_to_every_backend():
 
 
 def dovecot_conf(tmp_path) -> str:
-    if not shutil.which("doveconf"):
-        pytest.fail("doveconf missing: apt-get install dovecot-core")
-    d = DovecotDeployer(config(), DeployOptions())
-    text = d.render("dovecot.conf.j2", venv="/usr/local/lib/chatmaild/venv")
-    (tmp_path / "auth.conf").write_text(d.render("auth.conf.j2"))
-    # A certificate is only read by a running Dovecot, not by doveconf -n.
-    conf = tmp_path / "dovecot.conf"
-    conf.write_text(text.replace("/etc/dovecot/auth.conf", str(tmp_path / "auth.conf")))
-    out = subprocess.run(["doveconf", "-c", conf, "-n"], capture_output=True, text=True)
+    out = doveconf_n(config(), tmp_path)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
