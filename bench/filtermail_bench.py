@@ -109,17 +109,7 @@ def start_filtermail(tmp: Path, sink_port: int) -> tuple[subprocess.Popen, int]:
         f"filtermail_smtp_port = {port}\npostfix_reinject_port = {sink_port}\n"
         "max_user_send_per_minute = 1000000000\nmax_user_send_burst_size = 1000000000\n"
     )
-    exe = Path(sys.executable).parent / "filtermail"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "chatmaild.filtermail.proxy"]
-    proc = subprocess.Popen([*cmd, str(ini), "outgoing"], stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "entering serving loop" in line:
-            break
-    else:
-        raise RuntimeError("filtermail did not start")
-    # Keep draining stderr (one log line per message) so the proxy never blocks on it.
-    subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
-    return proc, port
+    return smtpsink.spawn_filtermail(ini, "outgoing"), port
 
 
 def peak_rss_mb(pid: int) -> float:

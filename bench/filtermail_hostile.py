@@ -249,15 +249,7 @@ def start_filtermail(tmp: Path, sink_port: int, enforcing: bool) -> tuple[subpro
         f"mailboxes_dir = {tmp}/mail/example.org\n"
         f"filtermail_smtp_port_incoming = {port}\npostfix_reinject_port_incoming = {sink_port}\n"
     )
-    exe = Path(sys.executable).parent / "filtermail"
-    proc = subprocess.Popen([str(exe), str(ini), "incoming"], stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "entering serving loop" in line:
-            break
-    else:
-        raise RuntimeError("filtermail did not start")
-    subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
-    return proc, port
+    return smtpsink.spawn_filtermail(ini, "incoming"), port
 
 
 def main() -> None:

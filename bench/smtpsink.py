@@ -1,7 +1,8 @@
-"""A minimal SMTP sink standing in for Postfix's reinject port in the filtermail benches.
+"""The filtermail benches' surroundings: an SMTP sink and the real filtermail process.
 
-``python bench/smtpsink.py PORT`` serves until killed; ``running(port)`` starts that in
-its own process (so its CPU is not the measured process's) and stops it by PID.
+The sink stands in for Postfix's reinject port: ``python bench/smtpsink.py PORT`` serves
+until killed; ``running(port)`` starts that in its own process (so its CPU is not the
+measured process's) and stops it by PID. ``spawn_filtermail`` starts the console script.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 
 async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -58,6 +60,21 @@ def running(port: int) -> Iterator[None]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def spawn_filtermail(ini: Path, direction: str) -> subprocess.Popen:
+    """``filtermail <ini> <direction>`` of this venv, listening when this returns."""
+    exe = Path(sys.executable).parent / "filtermail"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "chatmaild.filtermail.proxy"]
+    proc = subprocess.Popen([*cmd, str(ini), direction], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "entering serving loop" in line:
+            break
+    else:
+        raise RuntimeError("filtermail did not start")
+    # Keep draining stderr (one log line per message) so the proxy never blocks on it.
+    subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
+    return proc
 
 
 if __name__ == "__main__":
