@@ -104,13 +104,14 @@ def headers(
     content_type: str = "text/plain; charset=utf-8",
     subject: str = "...",
     extra: list[str] | None = None,
+    message_id: str = "<Mr.test@example.org>",
 ) -> bytes:
     lines = [
         f"From: {from_addr}",
         f"To: {to}",
         f"Subject: {subject}",
         "Date: Tue, 24 Nov 2026 10:00:00 +0000",
-        "Message-ID: <Mr.test@example.org>",
+        f"Message-ID: {message_id}",
         "MIME-Version: 1.0",
         f"Content-Type: {content_type}",
     ]
