@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import sdnotify
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
@@ -311,6 +313,7 @@ class DictProxyServer:
             self._serve_connection, path=str(self.socket_path), limit=MAX_LINE, backlog=1000
         )
         log.info("listening on %s", self.socket_path)
+        sdnotify.ready()
         if ready is not None:
             ready.set()
         try:

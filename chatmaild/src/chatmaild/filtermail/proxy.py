@@ -19,6 +19,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .. import sdnotify
 from ..config import Config, ConfigError, read_config
 from . import direction as directions
 from .handler import HOST, FilterHandler
@@ -78,6 +79,7 @@ async def serve(config: Config, name: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print("entering serving loop", file=sys.stderr, flush=True)
+    sdnotify.ready()
     await stop.wait()
     # Not waiting for open sessions: one cut mid-transaction never got a 250, so
     # Postfix answers its client with a temporary error and the client retries.
