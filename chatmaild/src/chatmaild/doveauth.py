@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from collections.abc import Iterable
 from .config import Config, User, read_config
 from .dictproxy import DictFailure, DictHandler, DictProxyServer, setup_logging
 from .filtermail.ratelimit import RateLimiter
+from .fsutil import write_atomic
 from .hashing import hash_password
 
 log = logging.getLogger("doveauth")
@@ -208,7 +208,10 @@ class AuthDict(DictHandler):
         return json.dumps({"password": stored})
 
     def refusal(self, user: User, password: str) -> str | None:
-        """Why ``user`` may not be created with ``password`` now, or None."""
+        """Why ``user`` may never be created with ``password``, or None.
+
+        DictFailure while the machine is too busy or too full to create accounts now.
+        """
         config = self.config
         if config.nocreate_file.exists():
             return f"{config.nocreate_file} exists"
@@ -222,7 +225,10 @@ class AuthDict(DictHandler):
         problem = resource_problem(config)
         if problem:
             log.warning("registration rejected: %s", problem)
-            return problem
+            # The machine's state, not the account's: a temporary failure (F, so Dovecot
+            # says NO [UNAVAILABLE] / 454) tells the client to retry, where "not found"
+            # would read as a wrong password.
+            raise DictFailure(f"not creating accounts now: {problem}")
         return None
 
     def create_account(self, user: User, password: str, rip: str = "") -> str | None:
@@ -248,13 +254,18 @@ class AuthDict(DictHandler):
             if bucket is not None and not self.creations.allow(bucket):
                 log.warning("registration rejected: too many new accounts from %s", bucket)
                 return None
-            _make_maildir(user)
             try:
-                _create_exclusive(user.password_path, new_hash)
-            except FileExistsError:
-                # Left empty or damaged by a crash: replace it.
-                _write_atomic(user.password_path, new_hash)
-            user.enforce_e2ee_path.touch()
+                _make_maildir(user)
+                # The password file comes last: an account exists once it is there, so a
+                # creation that fails half-way leaves no account, only a retry.
+                user.enforce_e2ee_path.touch()
+                # Any file already there is empty or damaged (get_password_hash said so).
+                write_atomic(user.password_path, new_hash)
+            except OSError as e:
+                # A full disk (ENOSPC/EDQUOT) or I/O error is temporary: F makes Dovecot
+                # answer NO [UNAVAILABLE] / 454, never "authentication failed".
+                log.error("could not create %s: %s", user.addr, e)
+                raise DictFailure("account storage unavailable") from e
         print(f"Created address: {user.addr}", file=sys.stderr, flush=True)
         return new_hash
 
@@ -280,24 +291,6 @@ def _make_maildir(user: User) -> None:
         # the account belongs to whoever owns the mailboxes directory.
         parent = user.maildir.parent.stat()
         os.chown(user.maildir, parent.st_uid, parent.st_gid)
-
-
-def _create_exclusive(path, text: str) -> None:
-    """Create ``path`` with ``text``; FileExistsError if it is there already."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-def _write_atomic(path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> None:

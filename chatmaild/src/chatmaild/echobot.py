@@ -21,10 +21,10 @@ import os
 import secrets
 import string
 import sys
-import tempfile
 from pathlib import Path
 
 from .config import Config, User, read_config
+from .fsutil import write_atomic
 from .hashing import hash_password, verify_password
 
 log = logging.getLogger("echobot")
@@ -50,18 +50,6 @@ def _give_to_dir_owner(path: Path) -> None:
         os.chown(path, st.st_uid, st.st_gid)
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        _give_to_dir_owner(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def load_password(config: Config, state_dir: Path) -> str:
     """The bot's password from ``state_dir``; generated and stored on first use."""
     path = Path(state_dir) / "password"
@@ -74,7 +62,7 @@ def load_password(config: Config, state_dir: Path) -> str:
     length = max(PASSWORD_LENGTH, config.password_min_length)
     password = "".join(secrets.choice(PASSWORD_CHARS) for _ in range(length))
     Path(state_dir).mkdir(parents=True, exist_ok=True)
-    _write_private(path, password)
+    write_atomic(path, password, dir_owner=True)
     return password
 
 
@@ -87,7 +75,7 @@ def provision_account(config: Config, password: str) -> bool:
     if not user.maildir.exists():
         user.maildir.mkdir(mode=0o700)
         _give_to_dir_owner(user.maildir)
-    _write_private(user.password_path, hash_password(password))
+    write_atomic(user.password_path, hash_password(password), dir_owner=True)
     log.info("provisioned %s", user.addr)
     return True
 
@@ -127,10 +115,7 @@ def transport_params(config: Config, password: str) -> dict:
 def write_invite(state_dir: Path, invite: str) -> Path:
     """Store the bot's SecureJoin invite as ``<state_dir>/invite`` (readable by all)."""
     path = state_dir / "invite"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(invite + "\n")
-    tmp.chmod(0o644)
-    tmp.replace(path)
+    write_atomic(path, invite + "\n", mode=0o644)
     return path
 
 

@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import filelock
 
 from .config import Config, User, read_config
 from .dictproxy import DictHandler, DictProxyServer, setup_logging
+from .fsutil import write_atomic
 from .notifier import QUEUE_DIRNAME, Notifier
 
 log = logging.getLogger("metadata")
@@ -118,18 +116,7 @@ class MetadataStore:
             tokens = self._valid_tokens(data)
             change(tokens)
             data["devicetoken"] = tokens
-            _write_atomic(user.metadata_path, json.dumps(data))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+            write_atomic(user.metadata_path, json.dumps(data))
 
 
 def _split_key(key: str) -> tuple[str, str] | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .config import read_config
+from .fsutil import write_atomic
 
 CI_PREFIXES = ("ci-", "ac_")
 DEFAULT_INI = "/usr/local/lib/chatmaild/chatmail.ini"
@@ -45,19 +45,6 @@ def render(total: int, ci: int) -> str:
     )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` so that nginx never serves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     """``chatmail-metrics [ini or mailboxes dir] [OUTPUT | --output OUTPUT]``"""
     parser = argparse.ArgumentParser(prog="chatmail-metrics", description=__doc__.split("\n")[0])
@@ -77,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     text = render(*count_accounts(mailboxes_dir))
     output = args.output or args.output_opt
     if output:
-        write_atomic(output, text)
+        # nginx serves it: never a half-written page, readable by the web server.
+        write_atomic(output, text, mode=0o644)
     else:
         sys.stdout.write(text)
 

@@ -2,8 +2,8 @@
 
 On new mail for an address, one queue file per device token is written to
 ``<mailboxes_dir>/pending_notifications/`` (``addr``, start time and token on three lines,
-written as ``<name>.tmp`` then renamed), so a restart loses nothing: :meth:`Notifier.start`
-re-queues every file with its original start time.
+written to a temporary file and renamed, see ``fsutil``), so a restart loses nothing:
+:meth:`Notifier.start` re-queues every file with its original start time.
 
 Each attempt POSTs the raw token to the notification URL. 200 ends the item, 410 (the
 push service says the token is gone) removes the token from the account and ends the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 import uuid
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from .fsutil import is_temporary, write_atomic
 
 log = logging.getLogger("notifier")
 
@@ -155,11 +156,10 @@ class Notifier:
         for token in tokens:
             path = self.queue_dir / uuid.uuid4().hex
             item = PendingNotification(path, addr, now, token)
-            tmp = path.with_name(path.name + ".tmp")
             # No fsync: a restart keeps the page cache; losing a push to a power cut is
-            # acceptable, an fsync per delivered message is not.
-            tmp.write_text(item.serialize(), "utf-8")
-            os.replace(tmp, path)
+            # acceptable, an fsync per delivered message is not. A full disk raises here
+            # and leaves no temporary file.
+            write_atomic(path, item.serialize(), durable=False)
             self._schedule(item, 0)
 
     def pending_count(self) -> int:
@@ -168,7 +168,8 @@ class Notifier:
     def _load_pending(self) -> list[PendingNotification]:
         items = []
         for path in sorted(self.queue_dir.iterdir()):
-            if path.name.endswith(".tmp"):
+            # Left by a crash in the middle of a write (".tmp": older versions).
+            if is_temporary(path.name) or path.name.endswith(".tmp"):
                 log.warning("removing spurious queue item %s", path.name)
                 path.unlink(missing_ok=True)
                 continue

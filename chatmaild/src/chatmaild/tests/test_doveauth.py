@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatmaild.config import parse_config, render_initial_config
+from chatmaild.dictproxy import DictFailure
 from chatmaild.doveauth import AuthDict, resource_problem, split_escaped
 from chatmaild.hashing import hash_password, verify_password
 from chatmaild.tests.procs import stop_process
@@ -153,7 +154,10 @@ def test_resource_limits_block_only_new_accounts(tmp_path):
                    {"min_free_disk_space": "100000G"}):  # fmt: skip
         busy = AuthDict(make_config(tmp_path, **limits))
         assert resource_problem(busy.config) is not None
-        assert passdb(busy, f"newuser12@{DOMAIN}", "password123") is None
+        # Temporary (F), not "no such account", which a client shows as a wrong password.
+        with pytest.raises(DictFailure):
+            passdb(busy, f"newuser12@{DOMAIN}", "password123")
+        assert not (tmp_path / "mail" / f"newuser12@{DOMAIN}").exists()
         assert passdb(busy, f"existing1@{DOMAIN}", "password123") is not None
     assert resource_problem(auth.config) is None
 
