@@ -86,6 +86,12 @@ def test_postfix_config_is_valid(config, tmp_path):
     assert not [line for line in overrides.stdout.splitlines()
                 if line.split("=")[0].rsplit("/", 1)[-1] in hardening]  # fmt: skip
     assert "smtp/inet/smtpd_data_restrictions = reject_unauth_pipelining" in overrides.stdout
+    # Disk full: MAIL FROM refused below 3 x the message size limit; deferred mail retried
+    # within a minute once space is back.
+    assert main["queue_minfree"] == str(3 * config.max_message_size)
+    assert int(main["queue_minfree"]) >= 1.5 * int(main["message_size_limit"])
+    disk_full = ("queue_run_delay", "minimal_backoff_time", "maximal_backoff_time")
+    assert [main[k] for k in disk_full] == ["10s", "10s", "60s"]
 
 
 def test_postfix_maps_are_valid_regexp_tables(config, tmp_path):
