@@ -23,6 +23,9 @@ class DovecotDeployer(Deployer):
         self.put_template("auth.conf.j2", "/etc/dovecot/auth.conf", mode="640", group="dovecot")
         lua = package_files("chatmaild").joinpath("push_notification.lua").read_text()
         self.put_text(lua, "/etc/dovecot/push_notification.lua")
+        self.put_template(
+            "supervise.conf", "/etc/systemd/system/dovecot.service.d/chatmail-supervise.conf"
+        )
 
     def activate(self) -> None:
         if self.options.disable_mail:

@@ -29,6 +29,9 @@ class NginxDeployer(Deployer):
                   dest="/var/www/html/.well-known/autoconfig/mail/config-v1.1.xml")  # fmt: skip
         files.put(name="nginx: mta-sts", src=as_file(self.render("mta-sts.txt.j2")),
                   dest="/var/www/html/.well-known/mta-sts.txt")  # fmt: skip
+        self.put_template(
+            "supervise.conf", "/etc/systemd/system/nginx.service.d/chatmail-supervise.conf"
+        )
 
     def activate(self) -> None:
         self.check_then_restart("nginx", check="nginx -t -q")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra.operations import apt, server
+from pyinfra.operations import apt, server, systemd
 
 from cmdeploy.deployer import Deployer
 
+# The Debian unit of the one Postfix instance; postfix.service only starts and stops it.
+INSTANCE_UNIT = "postfix@-"
 MAPS = ["login_map", "submission_header_cleanup", "lmtp_header_cleanup", "smtp_tls_policy_map"]
 
 
@@ -27,6 +29,10 @@ class PostfixDeployer(Deployer):
         self.put_template("master.cf.j2", "/etc/postfix/master.cf")
         for name in MAPS:
             self.put_template(name, f"/etc/postfix/{name}")
+        self.put_template(
+            "supervise.conf",
+            f"/etc/systemd/system/{INSTANCE_UNIT}.service.d/chatmail-supervise.conf",
+        )
 
     def activate(self) -> None:
         if self.options.disable_mail:
@@ -36,3 +42,6 @@ class PostfixDeployer(Deployer):
         self.check_then_restart(
             "postfix", check="postfix check && ! postconf -n 2>&1 >/dev/null | grep -q warning"
         )
+        # Restarting postfix.service restarts the instance (PartOf=); this makes sure the
+        # supervised master runs even when only the wrapper was already active.
+        systemd.service(name="postfix: master running", service=INSTANCE_UNIT, running=True)

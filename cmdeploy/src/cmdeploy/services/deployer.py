@@ -116,9 +116,19 @@ class ServicesDeployer(Deployer):
         files.directory(name="chatmaild: cgi-bin", path="/usr/lib/cgi-bin")
         self.put_text(f"#!{VENV}/bin/python3\nfrom chatmaild.newemail import main\n\nmain()\n",
                       "/usr/lib/cgi-bin/newemail.py", mode="755")  # fmt: skip
+        # Not a put_text: a change of fcgiwrap's drop-in needs no restart of the daemons above.
+        self._fcgiwrap_unit = files.put(
+            name="chatmaild: fcgiwrap restarts after a crash",
+            src=str(self.templates / "fcgiwrap-supervise.conf"),
+            dest="/etc/systemd/system/fcgiwrap.service.d/chatmail-supervise.conf",
+        )
+
+    def _units_changed(self) -> bool:
+        fcgiwrap = getattr(self, "_fcgiwrap_unit", None)  # unset when configure did not run
+        return self.changed() or bool(fcgiwrap and fcgiwrap.did_change())
 
     def activate(self) -> None:
-        systemd.daemon_reload(name="chatmaild: reload units", _if=self.changed)
+        systemd.daemon_reload(name="chatmaild: reload units", _if=self._units_changed)
         for name in DAEMONS:
             self.check_then_restart(name)
         for name in TIMERS:

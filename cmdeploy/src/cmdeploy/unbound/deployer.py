@@ -19,6 +19,9 @@ class UnboundDeployer(Deployer):
     def configure(self) -> None:
         self.put_template("chatmail.conf.j2", "/etc/unbound/unbound.conf.d/chatmail.conf",
                           zones=self.config.dns_forward_zones)  # fmt: skip
+        self.put_template(
+            "supervise.conf", "/etc/systemd/system/unbound.service.d/chatmail-supervise.conf"
+        )
         # Restarted here, not in activate: the rest of the deploy resolves names through
         # it as soon as resolv.conf below points at it.
         self.check_then_restart("unbound", check="unbound-checkconf")
