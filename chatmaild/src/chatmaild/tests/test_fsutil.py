@@ -197,3 +197,37 @@ def test_dovecot_login_of_a_new_account_on_a_full_disk_is_unavailable_not_wrong(
             assert temporary_files(mail) == []
         finally:
             inst.stop()
+
+
+def test_lastlogin_on_a_full_disk_still_records_the_day(tmp_path):
+    from chatmaild.lastlogin import LastLoginDict, day_of
+
+    with small_tmpfs(tmp_path / "mail", "64k") as mail:
+        config = make_config(mail)
+        user = config.get_user(ADDR)
+        user.maildir.mkdir()
+        user.password_path.write_text("{SHA512-CRYPT}$6$x")
+        fill(mail)
+        # Only the inode's times change: no block is needed.
+        assert LastLoginDict(config).set(ADDR, f"shared/last-login/{ADDR}", "1796000000")
+        assert user.password_path.stat().st_mtime == day_of(1796000000)
+        assert user.password_path.read_text() == "{SHA512-CRYPT}$6$x"
+
+
+def test_expire_on_a_full_disk_removes_old_messages_and_frees_space(tmp_path):
+    from chatmaild.expire import main
+
+    with small_tmpfs(tmp_path / "mail", "256k") as mail:
+        maildir = mail / ADDR
+        (maildir / "cur").mkdir(parents=True)
+        (maildir / "password").write_text("{SHA512-CRYPT}$6$x")
+        old = maildir / "cur" / "1700000000.M1P1.host,S=65536:2,S"
+        old.write_bytes(b"x" * 65536)
+        os.utime(old, (1700000000, 1700000000))
+        fill(mail)
+        ini = tmp_path / "chatmail.ini"
+        ini.write_text(f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mail}\n")
+        main([str(ini), "--remove"])
+        assert not old.exists()
+        assert shutil.disk_usage(mail).free >= 65536
+        assert (maildir / "password").read_text() == "{SHA512-CRYPT}$6$x"
