@@ -27,7 +27,7 @@ from collections.abc import Callable
 import filelock
 
 from .config import Config, User, read_config
-from .dictproxy import DictHandler, DictProxyServer, setup_logging
+from .dictproxy import DictFailure, DictHandler, DictProxyServer, setup_logging
 from .fsutil import write_atomic
 from .notifier import QUEUE_DIRNAME, Notifier
 
@@ -59,7 +59,9 @@ class MetadataStore:
             data = json.loads(user.metadata_path.read_text("utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as e:
+        except ValueError as e:
+            # Damaged content is repaired by the next write; an OSError (EACCES, EIO) is
+            # raised instead: a write must not replace tokens it could not read.
             log.warning("unreadable %s, treating it as empty: %s", user.metadata_path, e)
             return {}
         if not isinstance(data, dict):
@@ -145,6 +147,10 @@ class MetadataDict(DictHandler):
             except ValueError:
                 log.warning("token lookup for an invalid address")
                 return None
+            except OSError as e:
+                # F, not "no tokens": Dovecot then fails the command temporarily.
+                log.error("token lookup for %s failed: %s", user, e)
+                raise DictFailure("metadata storage unavailable") from e
             return " ".join(tokens) if tokens else None
         if split is not None and split[0] == "shared" and split[1].startswith(SERVER_PREFIX):
             name = split[1][len(SERVER_PREFIX) :]

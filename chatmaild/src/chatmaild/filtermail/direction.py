@@ -19,6 +19,8 @@ from .recipients import local_account, recipient_enforces_e2ee
 
 log = logging.getLogger("filtermail")
 
+RECIPIENT_LOOKUP_FAILED = "451 4.3.0 Recipient lookup failed, try again later"
+
 
 class Direction:
     """Ports, SMTP rules and gate check of one direction; one instance per process."""
@@ -85,7 +87,13 @@ class Incoming(Direction):
     def rcpt_refusal(self, address: str) -> str | None:
         # Refusing here, while the sending relay still holds the message, means an
         # unknown recipient never makes Postfix queue a bounce to a forged sender.
-        if local_account(self.config, address) is None:
+        try:
+            account = local_account(self.config, address)
+        except OSError as e:
+            # The mailbox storage cannot be read: maybe an account, so no 550.
+            log.warning("Incoming: Recipient lookup failed: %s", e.strerror)
+            return RECIPIENT_LOOKUP_FAILED
+        if account is None:
             log.info("Incoming: Rejected unknown recipient.")
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         return None

@@ -16,6 +16,7 @@ log = logging.getLogger("filtermail")
 HOST = "127.0.0.1"
 # Large messages are checked in a worker thread so other connections keep moving.
 THREAD_THRESHOLD = 1 << 18
+TEMPORARY_ERROR = "451 4.3.0 Internal error, try again later"
 
 
 class FilterHandler:
@@ -45,6 +46,11 @@ class FilterHandler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Any other failure in a session is temporary for the client (aiosmtpd says 500)."""
+        log.error("Internal error in an SMTP session: %r", error)
+        return TEMPORARY_ERROR
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         try:

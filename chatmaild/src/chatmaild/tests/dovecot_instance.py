@@ -191,6 +191,7 @@ class DovecotInstance:
             **(ini_overrides or {}),
         }
         self.procs: list[subprocess.Popen] = []
+        self.services: dict[str, tuple[subprocess.Popen, Path]] = {}
         self.logs: dict[str, Path] = {}
 
     @property
@@ -259,8 +260,27 @@ class DovecotInstance:
     def _start_service(self, name: str, sock: Path) -> None:
         env_argv = [sys.executable, "-m", f"chatmaild.{name}", str(sock), str(self.ini_path)]
         proc = self._spawn(name, env_argv)
+        self.services[name] = (proc, sock)
         _wait_for(sock.exists, f"{name} socket", proc=proc)
         sock.chmod(0o666)
+
+    def signal_service(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to our service ``name`` (doveauth, lastlogin, metadata); SIGKILL
+        waits for its end and leaves its socket file behind, as a crash does."""
+        proc, _ = self.services[name]
+        proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            proc.wait(10)
+
+    def restart_service(self, name: str) -> None:
+        """Start service ``name`` again after :meth:`signal_service` ended it."""
+        proc, sock = self.services[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        # A socket file left by the old process must not count as the new one's.
+        sock.unlink(missing_ok=True)
+        self._start_service(name, sock)
 
     def login_from(self, client_ip: str, addr: str, password: str) -> bool:
         """IMAP LOGIN through the PROXY protocol listener, as if from ``client_ip``."""
