@@ -53,8 +53,8 @@ def write_atomic(
                 st = os.stat(path.parent)
                 os.fchown(f.fileno(), st.st_uid, st.st_gid)
             if durable:
-                # Without it a crash soon after the rename can leave the new name on an
-                # empty file (ext4 orders the rename before the data only in some modes).
+                # Without it a power cut soon after the rename can leave the new name on
+                # an empty or partly written file.
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         placed = True
