@@ -25,6 +25,8 @@ def _run_pytest(args, target: list[str]) -> int:
     if getattr(args, "relay2", None):
         env["CHATMAIL_DOMAIN2"] = args.relay2
         env["CHATMAIL_SSH2"] = args.ssh_host2 or args.relay2
+    if getattr(args, "floor", None):
+        env["CHATMAIL_FLOOR"] = args.floor
     argv = [sys.executable, "-m", "pytest", *target, "-rs", "-p", "no:cacheprovider"]
     argv += ["-v"] if args.verbose else ["-q"]
     argv += args.pytest_args
@@ -57,5 +59,11 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(func=test_cmd)
     p = subparsers.add_parser("bench", help="measure the relay (and two relays) with real clients")
+    p.add_argument(
+        "--floor",
+        metavar="HOST[,HOST2]",
+        help="stock Postfix + Dovecot hosts to measure the same throughput against "
+        "(the lab: python -m cmdeploy.lab.stock relay3 relay4, with this relay's bench-password)",
+    )
     _common(p)
     p.set_defaults(func=bench_cmd)

@@ -3,7 +3,7 @@
 Used by ``cmdeploy bench`` (where the CPU goes during a throughput run) and ``bench/soak.py``
 (memory growth over time). Per unit: the cgroup's ``cpu.stat`` usage (which also counts
 processes that already exited, like Postfix's short-lived smtpd), ``memory.current`` when the
-memory controller is there, and RSS/PSS summed over the unit's live processes.
+memory controller is there (cgroup v2), and RSS/PSS summed over the unit's live processes.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import json
 
 from .remote import Remote
 
-# Runs on the relay (its python3); prints {unit: {...}} as JSON.
+# Runs on the relay (its python3); prints {"units": {unit: {...}}, "processes": {...}} as JSON.
 SAMPLER = r"""
 import glob, json, os
 units = {}
+procs = {}
+tick = os.sysconf("SC_CLK_TCK")
 def unit_of(pid):
     try:
         with open(f"/proc/{pid}/cgroup") as f:
@@ -24,7 +26,10 @@ def unit_of(pid):
         return None
     parts = [p for p in path.split("/") if p.endswith((".service", ".scope"))]
     return parts[-1] if parts else None
-for d in glob.glob("/sys/fs/cgroup/system.slice/*.service"):
+# cgroup v2, or its unified part on a hybrid (v1) machine, where there is no memory.current.
+dirs = glob.glob("/sys/fs/cgroup/system.slice/*.service")
+dirs += glob.glob("/sys/fs/cgroup/unified/system.slice/*.service")
+for d in dirs:
     name = os.path.basename(d)
     rec = units.setdefault(name, {"rss_kb": 0, "pss_kb": 0, "procs": 0})
     try:
@@ -46,6 +51,12 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         continue
     rec = units.setdefault(name, {"rss_kb": 0, "pss_kb": 0, "procs": 0})
     try:
+        with open(f"/proc/{pid}/stat") as f:
+            head, _, rest = f.read().rpartition(")")
+        comm = head.split("(", 1)[1]
+        fields = rest.split()
+        key = name + " " + comm
+        procs[key] = procs.get(key, 0) + (int(fields[11]) + int(fields[12])) / tick
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 if line.startswith(("Rss:", "Pss:")):
@@ -54,7 +65,7 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
     except OSError:
         continue
     rec["procs"] += 1
-print(json.dumps(units))
+print(json.dumps({"units": units, "processes": procs}))
 """
 
 # Units summed under one name: Debian runs Postfix as postfix@-.service (plus postfix.service).
@@ -69,7 +80,8 @@ GROUPS = {
 
 
 def sample(remote: Remote) -> dict[str, dict]:
-    """Per-unit counters of the relay right now (unit name -> fields)."""
+    """Counters of the relay right now: ``units`` (unit name -> fields) and ``processes``
+    ("unit comm" -> CPU seconds of the live processes with that name)."""
     proc = remote.run("python3 -c " + _quote(SAMPLER), timeout=60)
     return json.loads(proc.stdout)
 
@@ -94,13 +106,21 @@ def grouped(units: dict[str, dict]) -> dict[str, dict]:
 
 
 def cpu_seconds(before: dict[str, dict], after: dict[str, dict]) -> dict[str, float]:
-    """CPU seconds each component used between two samples, busiest first."""
+    """CPU seconds each component used between two samples' ``units``, busiest first."""
     b, a = grouped(before), grouped(after)
     used = {
         name: (rec.get("cpu_usec", 0) - b.get(name, {}).get("cpu_usec", 0)) / 1e6
         for name, rec in a.items()
     }
     return dict(sorted(((k, v) for k, v in used.items() if v > 0), key=lambda kv: -kv[1]))
+
+
+def process_cpu(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per "unit comm" between two samples' ``processes``, busiest first.
+
+    Only processes alive at the second sample count; the cgroup figure covers all."""
+    used = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    return dict(sorted(((k, v) for k, v in used.items() if v > 0.005), key=lambda kv: -kv[1]))
 
 
 def _quote(text: str) -> str:

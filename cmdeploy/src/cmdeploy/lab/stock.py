@@ -15,6 +15,7 @@ import argparse
 import json
 import secrets
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from .lab import Lab
 PACKAGES = ["postfix", "dovecot-imapd", "dovecot-lmtpd", "ssl-cert"]
 # Bench account names have 9-character local parts, as chatmail's default username rules
 # demand, so one naming scheme serves both the chatmail relays and the floor.
+# Where Dovecot keeps a bench account's mail on a floor host (userdb home + mail_location).
+MAILDIR = "/home/vmail/{domain}/{local}/Maildir"
 SENDERS = 32
 RECIPIENTS = 160
 
@@ -255,17 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     lab = Lab()
     password = bench_password(args.password_file)
-    for name in args.names:
-        domain = lab.host(name).domain if _known(lab, name) else f"_{name}.lab"
-        senders, recipients = bench_accounts(domain, password)
-        relay = stock_relay(lab, name, senders + recipients)
-        what = ", ".join(relay.changed) or "nothing changed"
-        print(f"stock floor {relay.domain} ({relay.ip}): {what}")
+    lab.up(hosts=max([len(lab.hosts())] + [int(n.removeprefix("relay")) for n in args.names]))
+
+    def setup(name: str) -> StockRelay:
+        senders, recipients = bench_accounts(lab.host(name).domain, password)
+        return stock_relay(lab, name, senders + recipients)
+
+    # The hosts install their packages at the same time (most of the ~30 s each is apt).
+    with ThreadPoolExecutor(len(args.names)) as pool:
+        for relay in pool.map(setup, args.names):
+            what = ", ".join(relay.changed) or "nothing changed"
+            print(f"stock floor {relay.domain} ({relay.ip}): {what}")
     return 0
-
-
-def _known(lab: Lab, name: str) -> bool:
-    return any(h.name == name for h in lab.hosts())
 
 
 if __name__ == "__main__":

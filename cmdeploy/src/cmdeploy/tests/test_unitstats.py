@@ -11,9 +11,9 @@ def test_sampler_runs_and_reports_units_as_json():
     # The same script the relay runs; on any Linux it reads /proc and prints a dict.
     out = subprocess.run([sys.executable, "-c", unitstats.SAMPLER], capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
-    units = json.loads(out)
-    assert isinstance(units, dict)
-    for rec in units.values():
+    sample = json.loads(out)
+    assert all(isinstance(v, float) for v in sample["processes"].values())
+    for rec in sample["units"].values():
         assert rec["rss_kb"] >= rec["pss_kb"] >= 0
 
 
@@ -39,3 +39,16 @@ def test_cpu_seconds_are_deltas_per_component_busiest_first():
     used = unitstats.cpu_seconds(before, after)
     assert list(used) == ["filtermail", "postfix"]
     assert used == {"filtermail": 2.0, "postfix": 0.75}
+
+
+def test_process_cpu_counts_only_what_was_used_in_between():
+    before = {"postfix@-.service smtpd": 1.0, "dovecot.service auth": 2.0}
+    after = {
+        "postfix@-.service smtpd": 3.5,
+        "dovecot.service auth": 2.0,
+        "nginx.service nginx": 0.5,
+    }
+    assert unitstats.process_cpu(before, after) == {
+        "postfix@-.service smtpd": 2.5,
+        "nginx.service nginx": 0.5,
+    }

@@ -1,7 +1,8 @@
 """Fixtures of the online suite: the relay under test (from ``cmdeploy test``) and clients.
 
 Environment set by ``cmdeploy test``: CHATMAIL_INI, CHATMAIL_SSH, CHATMAIL_SSH_CONFIG and,
-for tests across two relays, CHATMAIL_DOMAIN2 and CHATMAIL_SSH2.
+for tests across two relays, CHATMAIL_DOMAIN2 and CHATMAIL_SSH2; ``cmdeploy bench --floor``
+sets CHATMAIL_FLOOR (stock Postfix + Dovecot hosts the throughput bench compares against).
 """
 
 from __future__ import annotations
