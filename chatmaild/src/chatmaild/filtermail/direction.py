@@ -91,7 +91,7 @@ class Incoming(Direction):
             account = local_account(self.config, address)
         except OSError as e:
             # The mailbox storage cannot be read: maybe an account, so no 550.
-            log.warning("Incoming: Recipient lookup failed: %s", e.strerror)
+            log.warning("Recipient lookup at RCPT failed: %s", e.strerror)
             return RECIPIENT_LOOKUP_FAILED
         if account is None:
             log.info("Incoming: Rejected unknown recipient.")
