@@ -88,6 +88,7 @@ def components(config) -> list[Component]:
             tcp(f"smtp {config.filtermail_smtp_port_incoming}", "smtp",
                 config.filtermail_smtp_port_incoming),
         )),
+        Component("chatmail-saslproxy", "chatmail-saslproxy"),
         Component("echobot", "echobot"),
         # fcgiwrap itself starts per request of /new: its socket must answer.
         Component("fcgiwrap", "fcgiwrap.socket", (unix("socket", "fastcgi", FCGIWRAP_SOCKET),)),

@@ -28,6 +28,7 @@ from chatmaild.filtermail import direction as directions
 from chatmaild.filtermail.handler import FilterHandler
 from chatmaild.lastlogin import LastLoginDict
 from chatmaild.metadata import MetadataDict, MetadataStore
+from chatmaild.saslproxy import SaslProxy, is_temporary_failure
 from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
 from chatmaild.tests.procs import free_port
 from chatmaild.tests.test_dictproxy import served  # noqa: F401  (fixture)
@@ -152,12 +153,13 @@ def imap(inst, addr, password, *commands) -> list[tuple[str, bytes]]:
             pass
 
 
-def sasl(inst, addr, password, service="smtp") -> str:
-    """One AUTH PLAIN over Dovecot's auth-client protocol, as Postfix's smtpd does it."""
+def sasl(inst, addr, password, service="smtp", path=None) -> str:
+    """One AUTH PLAIN over Dovecot's auth-client protocol, as Postfix's smtpd does it;
+    the OK or FAIL line, or '' when the server closed the connection instead."""
     resp = base64.b64encode(f"\0{addr}\0{password}".encode()).decode()
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(60)
-        s.connect(str(inst.dir / "run" / "auth-client"))
+        s.connect(str(path or inst.dir / "run" / "auth-client"))
         s.sendall(f"VERSION\t1\t2\nCPID\t{os.getpid()}\n"
                   f"AUTH\t1\tPLAIN\tservice={service}\tnologin\tresp={resp}\n".encode())  # fmt: skip
         f = s.makefile("rb")
@@ -261,7 +263,7 @@ def test_incoming_recipient_lookup_failure_is_451_not_550(start_filtermail, sink
     loop_symlink(maildir)
     code, text = rcpt_reply(fm, BOB)
     assert code == 451, (code, text)
-    assert fm.logged("Incoming: Recipient lookup failed: Too many levels of symbolic links")
+    assert fm.logged("Recipient lookup at RCPT failed: Too many levels of symbolic links")
     maildir.unlink()
     os.rename(f"{maildir}.away", maildir)
     assert rcpt_reply(fm, BOB)[0] == 250
@@ -309,3 +311,58 @@ def test_filtermail_internal_error_in_a_session_is_451(config):
     handler = FilterHandler(directions.for_name(config, "incoming"))
     reply = asyncio.run(handler.handle_exception(RuntimeError("unforeseen")))
     assert reply.startswith("451 4.3.0 ")
+
+
+# --- saslproxy: what Postfix gets instead of a temporary FAIL ---------------------------
+
+
+@pytest.fixture
+def saslproxy(dovecot, tmp_path):
+    proxy = SaslProxy(tmp_path / "auth", dovecot.dir / "run" / "auth-client")
+    loop = asyncio.new_event_loop()
+    started = asyncio.Event()
+    task = loop.create_task(proxy.serve(started))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    assert asyncio.run_coroutine_threadsafe(started.wait(), loop).result(10) is True
+    yield proxy.listen
+
+    async def shutdown():
+        # The server task and any connection it still serves.
+        others = {task, *asyncio.all_tasks()} - {asyncio.current_task()}
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def test_saslproxy_passes_answers_and_closes_on_a_temporary_failure(dovecot, saslproxy):
+    assert sasl(dovecot, ALICE, PASSWORD, path=saslproxy).startswith("OK\t1\tuser=")
+    wrong = sasl(dovecot, ALICE, "not-the-password", path=saslproxy)
+    assert wrong.startswith("FAIL\t1\t") and "code=temp_fail" not in wrong
+    dovecot.signal_service("doveauth")
+    try:
+        # Postfix answers "454 4.7.0 Temporary authentication failure" to a lost connection.
+        assert sasl(dovecot, ALICE, PASSWORD, path=saslproxy) == ""
+    finally:
+        dovecot.restart_service("doveauth")
+    assert sasl(dovecot, ALICE, PASSWORD, path=saslproxy).startswith("OK\t1\t")
+
+
+@pytest.mark.parametrize(
+    "line, temporary",
+    [
+        (b"FAIL\t1\tuser=a@b\tcode=temp_fail\n", True),
+        (b"FAIL\t7\ttemp\n", True),
+        (b"FAIL\t1\tuser=a@b\n", False),
+        (b"FAIL\t1\tuser=a@b\tcode=authz_fail\n", False),
+        (b"OK\t1\tuser=code=temp_fail\n", False),
+        (b"FAIL\t1\tuser=temp\n", False),
+    ],
+)
+def test_only_dovecot_temporary_failures_count(line, temporary):
+    assert is_temporary_failure(line) is temporary

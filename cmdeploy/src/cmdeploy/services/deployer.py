@@ -17,6 +17,11 @@ BASE = "/usr/local/lib/chatmaild"
 VENV = f"{BASE}/venv"
 INI = f"{BASE}/chatmail.ini"
 
+# Inside Postfix's chroot, where smtpd (user postfix) reaches it; the directory belongs to
+# vmail with group postfix (setgid), so the socket does too.
+SASL_DIR = "/var/spool/postfix/chatmail-sasl"
+SASL_SOCKET = f"{SASL_DIR}/auth"
+
 # name -> (ExecStart arguments after the console script, socket runtime dir or None)
 DAEMONS = {
     "doveauth": ("doveauth /run/doveauth/doveauth.socket {ini}", "doveauth"),
@@ -25,6 +30,8 @@ DAEMONS = {
                           "chatmail-metadata"),
     "filtermail": ("filtermail {ini} outgoing", None),
     "filtermail-incoming": ("filtermail {ini} incoming", None),
+    # Postfix's SASL path (postfix/master.cf.j2) -> Dovecot's auth (dovecot/dovecot.conf.j2).
+    "chatmail-saslproxy": (f"chatmail-saslproxy {SASL_SOCKET} /run/dovecot/chatmail-sasl", None),
 }  # fmt: skip
 TIMERS = {
     "chatmail-expire": ("chatmail-expire {ini} --remove", "*-*-* 00:02:00"),
@@ -114,6 +121,8 @@ class ServicesDeployer(Deployer):
         files.directory(name="chatmaild: metrics dir", path="/var/lib/chatmail-metrics",
                         user="vmail", group="vmail", mode="755")  # fmt: skip
         files.directory(name="chatmaild: cgi-bin", path="/usr/lib/cgi-bin")
+        files.directory(name="chatmaild: saslproxy dir", path=SASL_DIR, user="vmail",
+                        group="postfix", mode="2750")  # fmt: skip
         self.put_text(f"#!{VENV}/bin/python3\nfrom chatmaild.newemail import main\n\nmain()\n",
                       "/usr/lib/cgi-bin/newemail.py", mode="755")  # fmt: skip
         # Not a put_text: a change of fcgiwrap's drop-in needs no restart of the daemons above.

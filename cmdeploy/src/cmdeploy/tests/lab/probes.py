@@ -171,6 +171,63 @@ def smtp_script(host, steps, port=25, helo="lab.test", timeout=30.0) -> dict:
     return {"greeting": greeting, "starttls": started, "replies": out, "closed": closed}
 
 
+def smtp_auth(host, user, password, port=465) -> dict:
+    """AUTH PLAIN only: the server's reply (code, text) and how long it took."""
+    started = time.monotonic()
+    try:
+        conn = smtplib.SMTP_SSL(host, port, context=CTX, timeout=60)
+        with conn:
+            code, text = conn.login(user, password)
+    except smtplib.SMTPResponseException as e:
+        code, text = e.smtp_code, e.smtp_error
+    except (OSError, smtplib.SMTPException) as e:
+        code, text = 0, repr(e).encode()
+    return {"code": code, "text": text.decode(errors="replace"),
+            "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
+
+
+def imap_commands(host, user, password, commands) -> dict:
+    """LOGIN, then each raw command line (tagged by us); every command's tagged reply.
+
+    The replies are the IMAP status lines as the server sent them (``t1 OK ...``), for
+    commands imaplib has no method for, such as GETMETADATA and SETMETADATA; ``untagged``
+    has every other line.
+    """
+    import socket
+
+    started = time.monotonic()
+    raw = socket.create_connection((host, 993), timeout=60)
+    conn = CTX.wrap_socket(raw, server_hostname=host)
+    f = conn.makefile("rb")
+    f.readline()
+    quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+    lines = [f'LOGIN "{user}" "{quoted}"', *commands, "LOGOUT"]
+    replies, untagged = [], []
+    try:
+        for i, line in enumerate(lines):
+            tag = f"t{i}"
+            conn.sendall(f"{tag} {line}\r\n".encode())
+            while True:
+                got = f.readline()
+                if not got:
+                    replies.append("(connection closed)")
+                    break
+                text = got.decode(errors="replace").rstrip()
+                if not got.startswith(tag.encode() + b" "):
+                    untagged.append(text)
+                    continue
+                replies.append(text)
+                break
+            if replies[-1] == "(connection closed)":
+                break
+            if i == 0 and not replies[0].startswith(f"{tag} OK"):
+                break
+    finally:
+        conn.close()
+    seconds = round(time.monotonic() - started, 2)
+    return {"replies": replies, "untagged": untagged, "seconds": seconds}
+
+
 def call(lab, name: str, **kwargs):
     """Run probe ``name`` in the lab's client namespace and return its result."""
     proc = lab.client_ns_run(
