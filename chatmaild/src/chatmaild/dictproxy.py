@@ -7,7 +7,7 @@ tab-escaped (Dovecot ``str_tabescape``: ``\\x01`` introduces ``1 t r n 0``). Com
 - ``H<major>\\t<minor>\\t<value type>\\t<user>\\t<dict>``: hello, no reply;
 - ``L<key>[\\t<user>]``: lookup, reply ``O<value>`` / ``N`` / ``F<error>``;
 - ``I<flags>\\t<max rows>\\t<path>[\\t<user>]``: iterate, reply ``O<key>\\t<value>`` rows and
-  an empty line;
+  an empty line, or ``F`` after the rows when the listing failed;
 - ``B<id>[\\t<user>]`` begin, ``S<id>\\t<key>\\t<value>`` set, ``U<id>\\t<key>`` unset,
   ``R<id>`` rollback (no replies); ``C<id>`` / ``D<id>`` commit (sync / async), reply
   ``O<id>`` or ``F<id>``.
@@ -188,7 +188,11 @@ class DictProxyServer:
                 if max_rows and len(rows) >= max_rows:
                     break
         except Exception:
+            # F ends the iteration as failed: Dovecot must not take a partial or empty
+            # listing for the whole one.
             log.exception("iterate failed")
+            rows.append("F\n")
+            return "".join(rows)
         rows.append("\n")
         return "".join(rows)
 

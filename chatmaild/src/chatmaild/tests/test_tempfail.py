@@ -15,6 +15,7 @@ import imaplib
 import os
 import smtplib
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -210,6 +211,22 @@ def test_login_works_while_lastlogin_is_down(dovecot):
         assert sasl(dovecot, ALICE, PASSWORD).startswith("OK\t1\t")
     finally:
         dovecot.restart_service("lastlogin")
+
+
+def test_user_listing_that_fails_is_a_failure_not_an_empty_list(dovecot):
+    listing = ["doveadm", "-c", str(dovecot.dir / "dovecot.conf"), "user", "*"]
+    ok = subprocess.run(listing, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ALICE in ok.stdout.split(), ok
+    away = dovecot.mailboxes_dir.with_name("mail.away")
+    os.rename(dovecot.mailboxes_dir, away)
+    loop_symlink(dovecot.mailboxes_dir)
+    try:
+        failed = subprocess.run(listing, capture_output=True, text=True, timeout=60)
+    finally:
+        dovecot.mailboxes_dir.unlink()
+        os.rename(away, dovecot.mailboxes_dir)
+    # 75 = EX_TEMPFAIL
+    assert failed.returncode == 75 and "returned failure" in failed.stderr, failed
 
 
 def lmtp_deliver(inst, rcpt: str, subject: str) -> dict:
