@@ -27,8 +27,11 @@ def unit_of(pid):
     parts = [p for p in path.split("/") if p.endswith((".service", ".scope"))]
     return parts[-1] if parts else None
 # cgroup v2, or its unified part on a hybrid (v1) machine, where there is no memory.current.
-dirs = glob.glob("/sys/fs/cgroup/system.slice/*.service")
-dirs += glob.glob("/sys/fs/cgroup/unified/system.slice/*.service")
+# Template units (postfix@-.service) sit one level down, in their own slice.
+dirs = []
+for top in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+    dirs += glob.glob(top + "/system.slice/*.service")
+    dirs += glob.glob(top + "/system.slice/*.slice/*.service")
 for d in dirs:
     name = os.path.basename(d)
     rec = units.setdefault(name, {"rss_kb": 0, "pss_kb": 0, "procs": 0})

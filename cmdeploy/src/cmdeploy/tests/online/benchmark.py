@@ -304,6 +304,13 @@ def test_throughput_two_relays(config, domain, domain2, remote, remote2):
     _throughput("two relays", targets, config.max_user_send_burst_size)
 
 
+def _process_name(key: str) -> str:
+    """ "postfix@-.service lmtp" -> "postfix/lmtp" (Dovecot has an lmtp too)."""
+    unit, comm = key.split(" ", 1)
+    group = unitstats.group_name(unit)
+    return comm if comm.startswith(group[:15]) else f"{group}/{comm}"
+
+
 def throughput_table() -> list[str]:
     """The throughput rows with each chatmail figure's ratio to the matching floor figure."""
     if not THROUGHPUT:
@@ -339,7 +346,7 @@ def throughput_table() -> list[str]:
             lines.append(f"  {r['topology']:11} {r['system']:9} N={r['n']:<3} {r['sessions']:6} "
                          f"({r['seconds']:.1f}s): {busiest}; client {r['client_cpu_s']:.1f}")  # fmt: skip
             top = ", ".join(
-                f"{k.split(' ', 1)[1]} {v:.1f}" for k, v in list(r["processes"].items())[:8]
+                f"{_process_name(k)} {v:.1f}" for k, v in list(r["processes"].items())[:8]
             )
             lines.append(f"    processes: {top}")
     return lines
