@@ -422,6 +422,54 @@ def wait_delivered(
     return Delivery(counts, last_seen, errors[-50:])
 
 
+def watch_arrivals(
+    host: str,
+    recipients: list[Account],
+    *,
+    duration: float,
+    stop: threading.Event | None = None,
+    port: int = 993,
+    interval: float = 0.5,
+) -> dict:
+    """When each loadgen token first shows up in the recipients' INBOXes (wall clock), polled
+    while a load runs, until ``stop`` or ``duration`` s; for delivery delays under faults.
+
+    Counting for exactly-once stays with :func:`wait_delivered`; this only times arrivals.
+    """
+    stop = stop or threading.Event()
+    first_seen: dict[str, float] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + duration
+
+    # One thread per INBOX: a host that went away stalls each connection for TIMEOUT.
+    def watch(box: _Inbox) -> None:
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    new = box.poll()
+                except (imaplib.IMAP4.error, OSError) as e:
+                    with lock:
+                        errors.append(f"{box.account.addr}: {type(e).__name__}: {e}"[:200])
+                    box.close()
+                    new = []
+                now = time.time()
+                with lock:
+                    for tok in new:
+                        first_seen.setdefault(tok, now)
+                stop.wait(interval)
+        finally:
+            box.close()
+
+    threads = [threading.Thread(target=watch, args=(_Inbox(host, port, a),), daemon=True)
+               for a in recipients]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"first_seen": first_seen, "errors": errors[-50:]}
+
+
 def _accounts(pairs) -> list[Account]:
     return [Account(*p) for p in pairs]
 
@@ -438,11 +486,15 @@ def _main(argv: list[str]) -> int:
         result = send_load(stop=stop, **spec).to_dict()
     elif what == "delivered":
         result = asdict(wait_delivered(**spec))
+    elif what == "arrivals":
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        result = watch_arrivals(stop=stop, **spec)
     elif what == "create":
         result = {"errors": create_accounts(spec["host"], spec["recipients"],
                                             spec.get("port", 993))}  # fmt: skip
     else:
-        raise SystemExit(f"unknown command {what!r}: send, delivered or create")
+        raise SystemExit(f"unknown command {what!r}: send, delivered, arrivals or create")
     tmp = Path(out_path + ".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(out_path)
@@ -456,7 +508,8 @@ class LabRun:
         self.proc, self.out, self._tmpdir = proc, out, tmpdir
 
     def stop(self) -> None:
-        """Ask a ``send`` to stop starting new messages (those in flight finish)."""
+        """Ask a ``send`` to stop starting new messages (those in flight finish), or an
+        ``arrivals`` to stop watching."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 

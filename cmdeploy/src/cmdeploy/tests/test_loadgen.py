@@ -125,3 +125,35 @@ def test_delivery_counts_each_token_and_sees_duplicates(monkeypatch):
         assert got.last_seen is not None
         absent = loadgen.wait_delivered("127.0.0.1", rcpts, ["f" * 24], timeout=1, port=port)
         assert absent.missing(["f" * 24]) == ["f" * 24]
+
+
+def test_arrivals_are_timed_while_mail_comes_in_and_the_watch_stops_on_request(monkeypatch):
+    import imaplib
+    import smtplib
+    import time
+
+    from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
+
+    monkeypatch.setattr(loadgen.imaplib, "IMAP4_SSL", lambda host, port, **kw: imaplib.IMAP4(
+        host, port, timeout=kw.get("timeout")))  # fmt: skip
+    with DovecotInstance() as dovecot:
+        rcpts = loadgen.accounts(DOMAIN, 2)
+        port = dovecot.imap_port
+        assert loadgen.create_accounts("127.0.0.1", rcpts, port=port) == []
+        stop, out = threading.Event(), {}
+        watch = threading.Thread(target=lambda: out.update(loadgen.watch_arrivals(
+            "127.0.0.1", rcpts, duration=60, stop=stop, port=port, interval=0.1)))  # fmt: skip
+        watch.start()
+        time.sleep(0.5)
+        tokens = [loadgen.new_token() for _ in range(2)]
+        sent = time.time()
+        with smtplib.LMTP("127.0.0.1", dovecot.lmtp_port) as lmtp:
+            for tok, rcpt in zip(tokens, rcpts, strict=True):
+                lmtp.sendmail("s@example.org", [rcpt.addr],
+                              loadgen.message("s@example.org", rcpt.addr, tok))  # fmt: skip
+        time.sleep(1.5)
+        stop.set()
+        watch.join(timeout=5)
+        assert not watch.is_alive()
+        assert set(out["first_seen"]) == set(tokens)
+        assert all(sent <= t <= sent + 1.5 for t in out["first_seen"].values())
