@@ -38,7 +38,8 @@ def _mib(kb_or_bytes: float, unit: str) -> float:
 
 
 def memory_table(samples: list[tuple[float, dict]]) -> list[str]:
-    """Start, peak and end (MiB) per component over the samples, with growth."""
+    """Start, middle, peak and end (MiB) per component over the samples, with growth; and
+    the whole series for components that grew, to tell a plateau from a leak."""
     per: dict[str, list[dict]] = {}
     for _, units in samples:
         for name, rec in unitstats.grouped(units).items():
@@ -46,18 +47,24 @@ def memory_table(samples: list[tuple[float, dict]]) -> list[str]:
     names = [n for n in ORDER if n in per]
     names += sorted(n for n in per if n not in names and per[n][-1].get("procs"))
     lines = [
-        f"{'component (MiB)':28} {'PSS start':>9} {'peak':>7} {'end':>7} {'growth':>7}  "
-        f"{'RSS end':>7}  {'cgroup start':>12} {'peak':>7} {'end':>7}"
+        f"{'component (MiB)':22} {'PSS start':>9} {'middle':>7} {'peak':>7} {'end':>7} "
+        f"{'growth':>7}  {'RSS end':>7} {'procs':>5}  {'cgroup start':>12} {'peak':>7} {'end':>7}"
     ]
+    series = []
     for name in names:
         recs = per[name]
         pss = [_mib(r.get("pss_kb", 0), "kb") for r in recs]
         cg = [_mib(r["memory_current"], "b") for r in recs if "memory_current" in r]
         cg_text = f"{cg[0]:12.1f} {max(cg):7.1f} {cg[-1]:7.1f}" if cg else f"{'-':>12}"
         lines.append(
-            f"{name:28} {pss[0]:9.1f} {max(pss):7.1f} {pss[-1]:7.1f} {pss[-1] - pss[0]:+7.1f}  "
-            f"{_mib(recs[-1].get('rss_kb', 0), 'kb'):7.1f}  " + cg_text
+            f"{name:22} {pss[0]:9.1f} {pss[len(pss) // 2]:7.1f} {max(pss):7.1f} {pss[-1]:7.1f} "
+            f"{pss[-1] - pss[0]:+7.1f}  {_mib(recs[-1].get('rss_kb', 0), 'kb'):7.1f} "
+            f"{recs[-1].get('procs', 0):5}  " + cg_text
         )
+        if pss[-1] - pss[0] > 5:
+            series.append(f"  {name}: " + " ".join(f"{v:.0f}" for v in pss))
+    if series:
+        lines += ["PSS series (MiB, one value per sample) of components that grew:", *series]
     return lines
 
 
