@@ -1,4 +1,4 @@
-"""``cmdeploy lab`` subcommands: up, status, ssh, load-zone, down."""
+"""``cmdeploy lab`` subcommands: up, status, ssh, load-zone, reboot, down."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def register(subparsers) -> None:
     zone.add_argument("domain", help="the zone, e.g. _relay1.lab")
     zone.add_argument("zonefile", type=Path, help="BIND zone text")
     zone.set_defaults(func=load_zone_cmd)
+
+    reboot = sub.add_parser("reboot", help="reboot a lab host (--hard: cut its power)")
+    reboot.add_argument("name", help="host name, e.g. relay1 or _relay1.lab")
+    reboot.add_argument("--hard", action="store_true",
+                        help="SIGKILL every process of the host, then boot it again")  # fmt: skip
+    reboot.set_defaults(func=reboot_cmd)
 
     sub.add_parser("down", help="stop and remove everything the lab created").set_defaults(
         func=down_cmd
@@ -105,6 +111,19 @@ def load_zone_cmd(args) -> int:
     except (LabError, OSError) as e:
         return _fail(f"could not load the zone: {e}")
     print(f"lab DNS now serves {args.domain} from {args.zonefile}")
+    return 0
+
+
+def reboot_cmd(args) -> int:
+    if os.geteuid() != 0:
+        return _fail("the lab needs root: run it with sudo")
+    try:
+        info = Lab().reboot(args.name, hard=args.hard)
+    except LabError as e:
+        return _fail(f"reboot of {args.name} failed: {e}")
+    how = "power cut" if args.hard else "clean reboot"
+    print(f"{args.name}: {how}, down after {info['down_seconds']:.1f} s, "
+          f"booted again after {info['seconds']:.1f} s: {info['boot']}")  # fmt: skip
     return 0
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .util import LabError, is_alive, run, spawn_daemon
+from .util import LabError, is_alive, reap, run, spawn_daemon
 
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 CGROUP_FS = Path("/sys/fs/cgroup")
@@ -223,3 +225,62 @@ def wait_booted(
             return state
         time.sleep(1)
     raise LabError(f"{host.name} did not finish booting in {timeout:.0f} s; see {log}")
+
+
+def cgroup_pids(machine: str) -> set[int]:
+    """Every process in the host's cgroups: its systemd-nspawn and all of the container."""
+    pids: set[int] = set()
+    for top in cgroup_dirs(machine):
+        for dirpath, _, _ in os.walk(top):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+    return pids
+
+
+def power_cut(machine: str, timeout: float = 15.0) -> None:
+    """SIGKILL every process of the host at once, as a power cut would stop them.
+
+    Nothing inside gets to shut down or flush its own buffers; the page cache of this
+    machine's kernel keeps what was already written, as a disk's contents would.
+    """
+    # cgroup.kill (cgroup v2, Linux 5.14) kills the whole tree in one step, so no process
+    # sees another die first; the loop below covers older kernels and stragglers.
+    for top in cgroup_dirs(machine):
+        with contextlib.suppress(OSError):
+            (top / "cgroup.kill").write_text("1")
+    deadline = time.monotonic() + timeout
+    while True:
+        live = [pid for pid in cgroup_pids(machine) if is_alive(pid)]
+        for pid in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in live:
+            reap(pid)  # our own systemd-nspawn child would otherwise stay a zombie
+        if not live:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"{machine}: processes {sorted(live)} survived SIGKILL")
+        time.sleep(0.1)
+
+
+def wait_exited(record: dict, timeout: float) -> bool:
+    """Wait for a recorded process to end by itself; return whether it did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reap(record["pid"])
+        if not is_alive(record["pid"], record["start"]):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def bridge_link(init: int) -> str | None:
+    """This machine's end of the veth pair whose other end is the host's `host0`."""
+    inside = run(
+        ["nsenter", "-t", str(init), "-n", "ip", "-j", "link", "show", "host0"], check=False
+    )
+    links = json.loads(inside.stdout or "[]")
+    if inside.returncode != 0 or not links or "link_index" not in links[0]:
+        return None
+    here = json.loads(run(["ip", "-j", "link", "show"]).stdout or "[]")
+    return next((x["ifname"] for x in here if x["ifindex"] == links[0]["link_index"]), None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cmdeploy.cli import main as cmdeploy_main
-from cmdeploy.lab import Lab
+from cmdeploy.lab import Lab, net
 
 pytestmark = pytest.mark.lab
 
@@ -166,6 +166,31 @@ def test_status_cli_lists_hosts(lab, capsys):
     out = capsys.readouterr().out
     for h in lab.hosts():
         assert f"{h.domain}" in out and h.ip in out
+
+
+def test_reboot_clean_and_power_cut_keep_files_and_boot_to_running(lab, capsys):
+    """`lab reboot` both ways; test_zz_... runs next and checks that down leaves nothing."""
+    relay2 = lab.hosts()[1]
+    lines = []
+    for flags in ([], ["--hard"]):
+        old_init = lab.records()["hosts"][relay2.name]["init"]["pid"]
+        # No sync: what a process has written must survive the power cut of a container.
+        # /run is a fresh tmpfs at every boot, so its marker tells that a boot happened.
+        lab.ssh_run(relay2.name, "echo kept > /root/before-reboot; touch /run/this-boot")
+        assert cmdeploy_main(["lab", "reboot", relay2.name, *flags]) == 0
+        lines.append(capsys.readouterr().out.strip())
+        assert lab.ssh_run(relay2.name, "cat /root/before-reboot").stdout == "kept\n"
+        assert lab.ssh_run(relay2.name, "test -e /run/this-boot", check=False).returncode == 1
+        test_hosts_boot_systemd_to_running(lab)
+        # The records follow the new boot: down finds and stops the processes that run now.
+        rec = lab.records()["hosts"][relay2.name]
+        nspawn = rec["nspawn"]["pid"]
+        children = open(f"/proc/{nspawn}/task/{nspawn}/children").read().split()
+        assert rec["init"]["pid"] == int(children[0]) != old_init
+        assert rec["links"] and set(rec["links"]) <= set(net.bridge_ports(lab.bridge))
+        test_hosts_find_each_others_address_and_mx_through_lab_dns(lab)
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
 
 
 def test_zz_down_leaves_nothing_and_cached_up_is_fast(lab, capsys):
