@@ -191,6 +191,51 @@ def test_service_down_gives_temporary_failures_only(lab, relays, accounts, start
     assert again["port25"].startswith("sent"), again["port25"]
 
 
+def test_killed_doveauth_while_it_restarts_never_fails_a_login(lab, relays, accounts):
+    """SIGKILL: systemd starts doveauth again within about a second; meanwhile only 454."""
+    relay1 = relays[0]
+    alice = accounts["alice"]
+    lab.ssh_run(relay1.name, "systemctl kill -s SIGKILL doveauth")
+    auths, imaps = [], []
+    for _ in range(4):
+        auths.append(call(lab, "smtp_auth", host=relay1.domain, user=alice, password=PASSWORD))
+        imaps.append(call(lab, "imap_login", host=relay1.domain, user=alice, password=PASSWORD))
+    TABLE["doveauth-killed"] = {
+        "auth": ", ".join(short(a) for a in auths),
+        "imap": ", ".join("OK" if r["ok"] else r["error"] for r in imaps),
+    }
+    print(
+        "\ndoveauth killed: "
+        + "\n  ".join(f"{k}: {v}" for k, v in TABLE["doveauth-killed"].items())
+    )
+    assert {a["code"] for a in auths} <= {235, 454}, auths
+    assert all(r["ok"] or "UNAVAILABLE" in r["error"] for r in imaps), imaps
+    assert auths[-1]["code"] == 235 and imaps[-1]["ok"], (auths, imaps)
+
+
+def test_dovecot_down_mail_from_other_relays_waits_in_the_queue(lab, relays, accounts, sent):
+    """Dovecot's LMTP is the next hop of every accepted message: Postfix defers, no bounce."""
+    relay1, relay2 = relays
+    alice, carol = accounts["alice"], accounts["carol"]
+    start1, start2 = since(lab, relay1), since(lab, relay2)
+    lab.ssh_run(relay1.name, "systemctl stop dovecot")
+    try:
+        reply, msgid = submit(lab, relay2.domain, carol, alice)
+        assert reply["code"] == 250, reply
+        sent.append((alice, relay1.domain, msgid))
+        on_relay2 = delivery_status(lab, relay2, start2, alice)
+        on_relay1 = delivery_status(lab, relay1, start1, alice)
+        auth = call(lab, "smtp_auth", host=relay1.domain, user=alice, password=PASSWORD)
+    finally:
+        lab.ssh_run(relay1.name, "systemctl start dovecot")
+    TABLE["dovecot"] = {"port25": on_relay2, "lmtp on relay1": on_relay1, "auth": short(auth)}
+    print("\ndovecot down: " + "\n  ".join(f"{k}: {v}" for k, v in TABLE["dovecot"].items()))
+    assert on_relay2.startswith("sent"), on_relay2
+    assert on_relay1.startswith("deferred"), on_relay1
+    # No SASL server to ask: the session ends or gets a 4xx, never a 535.
+    assert not 500 <= auth["code"] < 600, auth
+
+
 def test_everything_accepted_meanwhile_arrives_once_and_nothing_bounced(
     lab, relays, accounts, started, sent
 ):
@@ -212,6 +257,9 @@ def test_everything_accepted_meanwhile_arrives_once_and_nothing_bounced(
         log = mail_log(lab, relay, start)
         assert "status=bounced" not in log, relay.name
         assert "sender non-delivery notification" not in log, relay.name
+    pid = lab.ssh_run(relay1.name, "systemctl show -p MainPID --value chatmail-saslproxy").stdout
+    rss = lab.ssh_run(relay1.name, f"ps -o rss= -p {pid.strip()}").stdout.strip()
+    print(f"\nchatmail-saslproxy RSS after the module: {rss} KiB")
     print("\nreplies while each service was down:")
     for case, row in TABLE.items():
         print(f"{case}:\n  " + "\n  ".join(f"{k}: {v}" for k, v in row.items()))
