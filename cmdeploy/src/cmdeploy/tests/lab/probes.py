@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import imaplib
 import json
+import signal
 import smtplib
 import ssl
+import subprocess
 import sys
 import time
 
@@ -226,6 +228,79 @@ def imap_commands(host, user, password, commands) -> dict:
         conn.close()
     seconds = round(time.monotonic() - started, 2)
     return {"replies": replies, "untagged": untagged, "seconds": seconds}
+
+
+def imap_login_poller(host, users, password, duration, interval=0.5, timeout=10.0) -> dict:
+    """LOGIN and SELECT INBOX as each user in turn, again and again, until SIGTERM or
+    ``duration`` s; every outcome that is not a plain success is listed with its time.
+
+    Kinds: ``ok``, ``auth-failed`` (``[AUTHENTICATIONFAILED]``, what a client shows as a
+    wrong password), ``unavailable`` (``[UNAVAILABLE]``, a temporary failure), ``no``
+    (any other NO/BAD) and ``dropped`` (no connection, or it broke).
+    """
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    counts = {"ok": 0, "auth-failed": 0, "unavailable": 0, "no": 0, "dropped": 0}
+    events = []
+    deadline = time.monotonic() + duration
+    i = 0
+    while not stop.is_set() and time.monotonic() < deadline:
+        user = users[i % len(users)]
+        i += 1
+        try:
+            conn = imaplib.IMAP4_SSL(host, 993, ssl_context=CTX, timeout=timeout)
+            try:
+                conn.login(user, password)
+                conn.select("INBOX")
+                kind, text = "ok", ""
+            finally:
+                try:
+                    conn.logout()
+                except (imaplib.IMAP4.error, OSError):
+                    pass
+        except imaplib.IMAP4.abort as e:
+            kind, text = "dropped", str(e)
+        except imaplib.IMAP4.error as e:
+            text = str(e)
+            kind = ("auth-failed" if "AUTHENTICATIONFAILED" in text
+                    else "unavailable" if "UNAVAILABLE" in text else "no")  # fmt: skip
+        except OSError as e:
+            kind, text = "dropped", f"{type(e).__name__}: {e}"
+        counts[kind] += 1
+        if kind != "ok" and len(events) < 500:
+            events.append({"t": time.time(), "kind": kind, "user": user, "text": text[:200]})
+        stop.wait(interval)
+    return {"counts": counts, "events": events}
+
+
+class Background:
+    """A probe running in the client namespace; :meth:`result` stops it (SIGTERM) and
+    returns what it printed."""
+
+    def __init__(self, lab, name: str, kwargs: dict):
+        argv = [sys.executable, "-m", "cmdeploy.tests.lab.probes", name, json.dumps(kwargs)]
+        self.proc = subprocess.Popen(lab.client_ns_cmd(argv), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def result(self, timeout: float = 60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"background probe failed: {err[-3000:]}")
+        return json.loads(out)
+
+
+def call_background(lab, name: str, **kwargs) -> Background:
+    """Start probe ``name`` in the lab's client namespace; it runs until ``.result()``."""
+    return Background(lab, name, kwargs)
 
 
 def call(lab, name: str, **kwargs):
