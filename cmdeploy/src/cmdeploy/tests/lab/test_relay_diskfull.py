@@ -3,7 +3,8 @@
 The relay gets small filesystems (tmpfs mounted inside the lab host over a copy of the
 original directory, owners and modes kept): one over the mailboxes (``/home/vmail/mail``),
 then one over Postfix's queue (``/var/spool/postfix``). Its ``max_message_size`` is 1 MiB,
-so Postfix refuses MAIL FROM below 3 MiB free (``queue_minfree``), and
+so Postfix refuses MAIL FROM below 3 MiB free (``queue_minfree``; it is the reinjection
+listener behind filtermail that refuses, and the client gets the 452 after DATA), and
 ``min_free_disk_space`` is 2 MiB. Every mount is undone at the end of its test, also on
 failure, before the lab fixture tears the host down.
 
