@@ -107,6 +107,7 @@ def start_filtermail(tmp: Path, sink_port: int) -> tuple[subprocess.Popen, int]:
         "[params]\nmail_domain = example.org\n"
         f"mailboxes_dir = {tmp}/mail\n"
         f"filtermail_smtp_port = {port}\npostfix_reinject_port = {sink_port}\n"
+        f"postfix_reinject_port_local = {sink_port}\n"
         "max_user_send_per_minute = 1000000000\nmax_user_send_burst_size = 1000000000\n"
     )
     return smtpsink.spawn_filtermail(ini, "outgoing"), port

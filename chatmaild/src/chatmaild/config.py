@@ -178,6 +178,7 @@ _KEYS: dict[str, tuple] = {
     "filtermail_smtp_port_incoming": (_port, "10081"),
     "postfix_reinject_port": (_port, "10025"),
     "postfix_reinject_port_incoming": (_port, "10026"),
+    "postfix_reinject_port_local": (_port, "10027"),
     "notification_url": (_url, "https://notifications.delta.chat/notify"),
     "privacy_postal": (_str, ""),
     "privacy_mail": (_str, ""),
@@ -224,6 +225,7 @@ class Config:
     filtermail_smtp_port_incoming: int
     postfix_reinject_port: int
     postfix_reinject_port_incoming: int
+    postfix_reinject_port_local: int
     notification_url: str
     privacy_postal: str
     privacy_mail: str

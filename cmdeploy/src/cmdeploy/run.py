@@ -40,7 +40,8 @@ def port_conflicts(remote: Remote, config: Config) -> list[str]:
     wanted = dict(PORTS)
     for port in (config.filtermail_smtp_port, config.filtermail_smtp_port_incoming):
         wanted[port] = {"filtermail"}
-    for port in (config.postfix_reinject_port, config.postfix_reinject_port_incoming):
+    for port in (config.postfix_reinject_port, config.postfix_reinject_port_incoming,
+                 config.postfix_reinject_port_local):  # fmt: skip
         wanted[port] = POSTFIX
     out = remote.run("ss -Hltnp", check=False).stdout
     problems = set()

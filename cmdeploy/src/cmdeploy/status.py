@@ -57,6 +57,8 @@ def components(config) -> list[Component]:
             tcp(f"reinject {config.postfix_reinject_port}", "smtp", config.postfix_reinject_port),
             tcp(f"reinject incoming {config.postfix_reinject_port_incoming}", "smtp",
                 config.postfix_reinject_port_incoming),
+            tcp(f"reinject local {config.postfix_reinject_port_local}", "smtp",
+                config.postfix_reinject_port_local),
         )),
         Component("dovecot", "dovecot", (
             tcp("imaps 993", "imap", 993, tls=True),

@@ -1,8 +1,9 @@
 """The two directions of the gate: what differs between outgoing and incoming mail.
 
-Outgoing (submission -> ``filtermail_smtp_port`` -> reinject ``postfix_reinject_port``):
-the sender is one of our users, so MAIL FROM is checked and rate limited; recipients are
-anywhere. Incoming (port 25 -> ``filtermail_smtp_port_incoming`` -> reinject
+Outgoing (submission -> ``filtermail_smtp_port`` -> reinject ``postfix_reinject_port``,
+which DKIM-signs, or ``postfix_reinject_port_local`` when every recipient is an account
+here): the sender is one of our users, so MAIL FROM is checked and rate limited;
+recipients are anywhere. Incoming (port 25 -> ``filtermail_smtp_port_incoming`` -> reinject
 ``postfix_reinject_port_incoming``): the sender is another relay, and every recipient
 must be an existing account here, refused at RCPT otherwise (no backscatter).
 """
@@ -37,6 +38,10 @@ class Direction:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.listen_port} -> {self.reinject_port}>"
+
+    def reinject_port_for(self, rcpt_tos: Sequence[str]) -> int:
+        """The Postfix listener that takes mail for these recipients."""
+        return self.reinject_port
 
     def mail_from_refusal(self, address: str) -> str | None:
         """The reply refusing MAIL FROM ``address``, or None to accept it."""
@@ -76,6 +81,16 @@ class Outgoing(Direction):
 
     def check(self, data: gate.Buffer, mail_from: str, rcpt_tos: Sequence[str]) -> gate.Verdict:
         return gate.check_outgoing(data, mail_from, rcpt_tos)
+
+    def reinject_port_for(self, rcpt_tos: Sequence[str]) -> int:
+        # Mail that stays on this relay is not DKIM-signed: the signature would be
+        # stripped before delivery (lmtp_header_cleanup) and signing is the costliest
+        # step of a message. The local listener refuses any other domain, so a message
+        # for another relay can never leave unsigned.
+        domain = "@" + self.config.mail_domain
+        if all(mime.ascii_lower(r).endswith(domain) for r in rcpt_tos):
+            return self.config.postfix_reinject_port_local
+        return self.reinject_port
 
 
 class Incoming(Direction):

@@ -25,7 +25,13 @@ class FilterHandler:
     def __init__(self, direction: Direction) -> None:
         self.direction = direction
         self.config = direction.config
-        self.reinjector = Reinjector(HOST, direction.reinject_port)
+        self.reinjectors: dict[int, Reinjector] = {}
+
+    def reinjector(self, rcpt_tos) -> Reinjector:
+        port = self.direction.reinject_port_for(rcpt_tos)
+        if port not in self.reinjectors:
+            self.reinjectors[port] = Reinjector(HOST, port)
+        return self.reinjectors[port]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options
@@ -71,4 +77,4 @@ class FilterHandler:
         if not verdict.accept:
             return verdict.reply
         options = [o for o in envelope.mail_options if o.startswith("BODY=") or o == "SMTPUTF8"]
-        return await self.reinjector.send(mail_from, rcpt_tos, data, options)
+        return await self.reinjector(rcpt_tos).send(mail_from, rcpt_tos, data, options)

@@ -109,6 +109,7 @@ privacy_supervisor =
 #filtermail_smtp_port_incoming = 10081
 #postfix_reinject_port = 10025
 #postfix_reinject_port_incoming = 10026
+#postfix_reinject_port_local = 10027
 #mailboxes_dir = /home/vmail/mail/{mail_domain}
 #nocreate_file = /etc/chatmail-nocreate
 

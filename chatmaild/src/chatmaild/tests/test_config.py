@@ -36,6 +36,7 @@ def test_defaults_of_a_fresh_ini():
     assert config.min_free_disk_space == 1024**3
     assert (config.filtermail_smtp_port, config.filtermail_smtp_port_incoming) == (10080, 10081)
     assert (config.postfix_reinject_port, config.postfix_reinject_port_incoming) == (10025, 10026)
+    assert config.postfix_reinject_port_local == 10027
     assert config.mailboxes_dir == Path("/home/vmail/mail/chat.example.org")
     assert config.nocreate_file == Path("/etc/chatmail-nocreate")
     assert config.notification_url == "https://notifications.delta.chat/notify"

@@ -77,6 +77,7 @@ class Filtermail:
             "filtermail_smtp_port_incoming": self.port,
             "postfix_reinject_port": reinject_port,
             "postfix_reinject_port_incoming": reinject_port,
+            "postfix_reinject_port_local": reinject_port,
         }
         settings.update(overrides)
         ini = tmp_path / f"chatmail-{mode}.ini"
@@ -158,6 +159,23 @@ def test_encrypted_mail_is_reinjected_unchanged_with_the_same_envelope(outgoing,
     assert outgoing.send(data, rcpts=rcpts) == {}
     assert sink.received == [(ALICE, rcpts, data)]
     assert outgoing.logged("Outgoing: Filtering encrypted mail.")
+
+
+def test_mail_that_stays_here_goes_to_the_local_listener(start_filtermail, sink):
+    """Only mail with a recipient elsewhere goes through the DKIM-signing listener."""
+    local = SinkHandler()
+    controller = Controller(local, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        fm = start_filtermail("outgoing", sink.port, postfix_reinject_port_local=controller.port)
+        data = read("encrypted.eml")
+        assert fm.send(data, rcpts=[BOB, "Carol@Example.ORG"]) == {}
+        assert fm.send(data, rcpts=[BOB, "dave@example.net"]) == {}
+        assert fm.send(data, rcpts=["eve@sub.example.org"]) == {}
+    finally:
+        controller.stop()
+    assert [r[1] for r in local.received] == [[BOB, "Carol@Example.ORG"]]
+    assert [r[1] for r in sink.received] == [[BOB, "dave@example.net"], ["eve@sub.example.org"]]
 
 
 def test_plain_mail_to_other_domain_is_refused_523(outgoing, sink):

@@ -86,6 +86,16 @@ def test_postfix_config_is_valid(config, tmp_path):
     assert not [line for line in overrides.stdout.splitlines()
                 if line.split("=")[0].rsplit("/", 1)[-1] in hardening]  # fmt: skip
     assert "smtp/inet/smtpd_data_restrictions = reject_unauth_pipelining" in overrides.stdout
+    # Only the signing listener has the milter; the local one takes only local domains.
+    per_service = {}
+    for line in overrides.stdout.splitlines():
+        key, _, value = line.partition("=")
+        service, _, param = key.strip().rpartition("/")
+        per_service.setdefault(service, {})[param] = value.strip()
+    local, signing = per_service["127.0.0.1:10027/inet"], per_service["127.0.0.1:10025/inet"]
+    assert local["smtpd_milters"] == "" and "opendkim" in signing["smtpd_milters"]
+    assert local["smtpd_relay_restrictions"] == "reject_unauth_destination"
+    assert local["cleanup_service_name"] == signing["cleanup_service_name"] == "authclean"
     # Disk full: MAIL FROM refused below 3 x the message size limit; deferred mail retried
     # within a minute once space is back.
     assert main["queue_minfree"] == str(3 * config.max_message_size)
