@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import imaplib
+import smtplib
 import socket
 import threading
+import time
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from chatmaild.filtermail.gate import check_outgoing
+from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
 
 from cmdeploy import loadgen
 
@@ -101,59 +105,51 @@ def test_messages_pass_the_outgoing_gate():
     assert check_outgoing(msg, "a@example.org", ["b@example.org"]).accept
 
 
-def test_delivery_counts_each_token_and_sees_duplicates(monkeypatch):
-    import imaplib
-    import smtplib
-
-    from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
-
-    # The instance speaks IMAP without TLS on loopback.
+@pytest.fixture
+def mailboxes(monkeypatch):
+    """Debian's Dovecot with two accounts; loadgen speaks IMAP to it without TLS."""
     monkeypatch.setattr(loadgen.imaplib, "IMAP4_SSL", lambda host, port, **kw: imaplib.IMAP4(
         host, port, timeout=kw.get("timeout")))  # fmt: skip
     with DovecotInstance() as dovecot:
         rcpts = loadgen.accounts(DOMAIN, 2)
-        port = dovecot.imap_port
-        assert loadgen.create_accounts("127.0.0.1", rcpts, port=port) == []
-        tokens = [loadgen.new_token() for _ in range(4)]
-        with smtplib.LMTP("127.0.0.1", dovecot.lmtp_port) as lmtp:
-            for i, tok in enumerate(tokens + tokens[:1]):
-                rcpt = rcpts[i % 2].addr
-                lmtp.sendmail("s@example.org", [rcpt], loadgen.message("s@example.org", rcpt, tok))
-        got = loadgen.wait_delivered("127.0.0.1", rcpts, tokens, timeout=20, settle=0.5, port=port)
-        assert got.missing(tokens) == []
-        assert got.duplicated() == [tokens[0]]
-        assert got.last_seen is not None
-        absent = loadgen.wait_delivered("127.0.0.1", rcpts, ["f" * 24], timeout=1, port=port)
-        assert absent.missing(["f" * 24]) == ["f" * 24]
+        assert loadgen.create_accounts("127.0.0.1", rcpts, port=dovecot.imap_port) == []
+        yield dovecot, rcpts
 
 
-def test_arrivals_are_timed_while_mail_comes_in_and_the_watch_stops_on_request(monkeypatch):
-    import imaplib
-    import smtplib
-    import time
+def deliver(dovecot, pairs) -> None:
+    """LMTP delivery of one loadgen message per (token, account)."""
+    with smtplib.LMTP("127.0.0.1", dovecot.lmtp_port) as lmtp:
+        for tok, rcpt in pairs:
+            lmtp.sendmail("s@example.org", [rcpt.addr],
+                          loadgen.message("s@example.org", rcpt.addr, tok))  # fmt: skip
 
-    from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
 
-    monkeypatch.setattr(loadgen.imaplib, "IMAP4_SSL", lambda host, port, **kw: imaplib.IMAP4(
-        host, port, timeout=kw.get("timeout")))  # fmt: skip
-    with DovecotInstance() as dovecot:
-        rcpts = loadgen.accounts(DOMAIN, 2)
-        port = dovecot.imap_port
-        assert loadgen.create_accounts("127.0.0.1", rcpts, port=port) == []
-        stop, out = threading.Event(), {}
-        watch = threading.Thread(target=lambda: out.update(loadgen.watch_arrivals(
-            "127.0.0.1", rcpts, duration=60, stop=stop, port=port, interval=0.1)))  # fmt: skip
-        watch.start()
-        time.sleep(0.5)
-        tokens = [loadgen.new_token() for _ in range(2)]
-        sent = time.time()
-        with smtplib.LMTP("127.0.0.1", dovecot.lmtp_port) as lmtp:
-            for tok, rcpt in zip(tokens, rcpts, strict=True):
-                lmtp.sendmail("s@example.org", [rcpt.addr],
-                              loadgen.message("s@example.org", rcpt.addr, tok))  # fmt: skip
-        time.sleep(1.5)
-        stop.set()
-        watch.join(timeout=5)
-        assert not watch.is_alive()
-        assert set(out["first_seen"]) == set(tokens)
-        assert all(sent <= t <= sent + 1.5 for t in out["first_seen"].values())
+def test_delivery_counts_each_token_and_sees_duplicates(mailboxes):
+    dovecot, rcpts = mailboxes
+    port = dovecot.imap_port
+    tokens = [loadgen.new_token() for _ in range(4)]
+    deliver(dovecot, [(tok, rcpts[i % 2]) for i, tok in enumerate(tokens + tokens[:1])])
+    got = loadgen.wait_delivered("127.0.0.1", rcpts, tokens, timeout=20, settle=0.5, port=port)
+    assert got.missing(tokens) == []
+    assert got.duplicated() == [tokens[0]]
+    assert got.last_seen is not None
+    absent = loadgen.wait_delivered("127.0.0.1", rcpts, ["f" * 24], timeout=1, port=port)
+    assert absent.missing(["f" * 24]) == ["f" * 24]
+
+
+def test_arrivals_are_timed_while_mail_comes_in_and_the_watch_stops_on_request(mailboxes):
+    dovecot, rcpts = mailboxes
+    stop, out = threading.Event(), {}
+    watch = threading.Thread(target=lambda: out.update(loadgen.watch_arrivals(
+        "127.0.0.1", rcpts, duration=60, stop=stop, port=dovecot.imap_port, interval=0.1)))  # fmt: skip
+    watch.start()
+    time.sleep(0.5)
+    tokens = [loadgen.new_token() for _ in range(2)]
+    sent = time.time()
+    deliver(dovecot, zip(tokens, rcpts, strict=True))
+    time.sleep(1.5)
+    stop.set()
+    watch.join(timeout=5)
+    assert not watch.is_alive()
+    assert set(out["first_seen"]) == set(tokens)
+    assert all(sent <= t <= sent + 1.5 for t in out["first_seen"].values())
