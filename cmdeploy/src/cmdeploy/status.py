@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmdeploy.remote import Remote, RemoteError
-from cmdeploy.services.deployer import DAEMONS
+from cmdeploy.services.deployer import DAEMONS, SASL_SOCKET
 
 PROBE_SOURCE = Path(__file__).with_name("status_probe.py")
 # Fixed paths of config files that are not chatmail.ini keys.
@@ -90,7 +90,9 @@ def components(config) -> list[Component]:
             tcp(f"smtp {config.filtermail_smtp_port_incoming}", "smtp",
                 config.filtermail_smtp_port_incoming),
         )),
-        Component("chatmail-saslproxy", "chatmail-saslproxy"),
+        # It only relays Dovecot's auth protocol: accepting a connection is its answer.
+        Component("chatmail-saslproxy", "chatmail-saslproxy",
+                  (unix("socket", "connect", SASL_SOCKET),)),
         Component("echobot", "echobot"),
         # fcgiwrap itself starts per request of /new: its socket must answer.
         Component("fcgiwrap", "fcgiwrap.socket", (unix("socket", "fastcgi", FCGIWRAP_SOCKET),)),

@@ -200,7 +200,14 @@ def probe_fastcgi(check: dict) -> tuple[bool, str]:
     return False, "no FastCGI response"
 
 
+def probe_connect(check: dict) -> tuple[bool, str]:
+    with _connect(check):
+        pass
+    return True, "accepts connections"
+
+
 PROBES = {
+    "connect": probe_connect,
     "smtp": probe_smtp,
     "imap": probe_imap,
     "http": probe_http,

@@ -249,7 +249,10 @@ def serve_once(reply: bytes, family=socket.AF_INET, path: str | None = None, gre
                     conn.recv(65536)
                 except OSError:
                     pass
-                conn.sendall(reply)
+                try:
+                    conn.sendall(reply)
+                except OSError:  # the client may have hung up already
+                    pass
             if reply:  # wait for the client's goodbye; an empty reply hangs up at once
                 try:
                     conn.recv(65536)
@@ -368,3 +371,14 @@ def test_probe_script_runs_as_sent_to_the_relay():
     assert dns.ok is False
     (v,) = status.verdicts(comps, report)
     assert v.down
+
+
+def test_connect_probe_on_a_unix_socket(tmp_path):
+    path = str(tmp_path / "auth")
+    serve_once(b"", socket.AF_UNIX, path)
+    assert status_probe.run_check({"kind": "connect", "path": path}) == (
+        True,
+        "accepts connections",
+    )
+    ok, seen = status_probe.run_check({"kind": "connect", "path": str(tmp_path / "none")})
+    assert not ok and "No such file" in seen
