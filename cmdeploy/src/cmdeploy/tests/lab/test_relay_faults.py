@@ -171,8 +171,10 @@ def figures(run: dict, title: str) -> str:
         f" sending relay's log: {run['deferred']} deferred, {run['bounced']} bounced",
         f"  IMAP logins during the run: {run['imap']['counts']}",
         f"  {'fault':22} {'back after':>10}  {'4xx':>4} {'none':>4}  {'250s':>4}"
-        f"  {'delivery delay median / max':>28}",
+        f"  {'delivery delay median / max':>28}  {'next 250 after':>14}",
     ]
+    # Submission may stall past a component's own recovery (a client sees no progress).
+    accepted_times = sorted(s.accepted_at for s in result.accepted)
     windows = [f.t for f in run["faults"]] + [float("inf")]
     for i, f in enumerate(run["faults"]):
         lo, hi = windows[i], windows[i + 1]
@@ -182,9 +184,12 @@ def figures(run: dict, title: str) -> str:
                   if s.token in run["first_seen"]]  # fmt: skip
         delay = f"{statistics.median(delays):6.1f} / {max(delays):6.1f} s" if delays else "-"
         back = f"{f.recovered:8.1f} s" if f.recovered is not None else "   NEVER  "
+        up = f.t + (f.recovered or 0.0)
+        following = next((t for t in accepted_times if t >= up), None)
+        after = f"{following - f.t:8.1f} s" if following is not None else "none"
         lines.append(
             f"  {f.name:22} {back:>10}  {sum(400 <= a.code < 500 for a in window):4} "
-            f"{sum(a.code == 0 for a in window):4}  {len(took):4}  {delay:>28}"
+            f"{sum(a.code == 0 for a in window):4}  {len(took):4}  {delay:>28}  {after:>14}"
         )
     return "\n".join(lines)
 
