@@ -102,6 +102,8 @@ def test_postfix_config_is_valid(config, tmp_path):
     assert int(main["queue_minfree"]) >= 1.5 * int(main["message_size_limit"])
     disk_full = ("queue_run_delay", "minimal_backoff_time", "maximal_backoff_time")
     assert [main[k] for k in disk_full] == ["10s", "10s", "60s"]
+    # A dependency that restarts must not keep submission down for a minute.
+    assert main["service_throttle_time"] == "2s"
 
 
 def test_postfix_maps_are_valid_regexp_tables(config, tmp_path):
