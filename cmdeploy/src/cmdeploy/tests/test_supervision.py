@@ -100,6 +100,8 @@ def test_postfix_dropin_runs_the_master_in_the_foreground():
     assert effective(text, "Service", "Type") == ["simple"]
     assert effective(text, "Service", "ExecStart") == ["/usr/sbin/postfix start-fg"]
     assert effective(text, "Service", "ExecReload") == ["/usr/sbin/postfix reload"]
+    (ready,) = effective(text, "Service", "ExecStartPost")
+    assert 'ss -Hltn "sport = :25"' in ready and "$$(seq 100)" in ready
     # Debian's "postmulti -p stop" is cleared: systemd's SIGTERM reaches the master.
     assert effective(text, "Service", "ExecStop") == []
     assert_restarts_quickly(text)
