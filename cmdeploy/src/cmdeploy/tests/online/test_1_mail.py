@@ -137,6 +137,23 @@ def test_delivered_mail_has_no_dkim_or_received_headers_and_no_sender_ip(
     assert my_ip.encode() not in raw
 
 
+def test_mail_from_another_relay_arrives_without_its_relay_headers(
+    smtp, imap, creds, domain, domain2
+):
+    """Mail from relay 2 comes with relay 2's DKIM signature, our Authentication-Results and
+    the Received lines of port 25; none of them reaches the mailbox."""
+    rcpt, rcpt_pw = creds.addr(domain), creds.password()
+    imap().login(rcpt, rcpt_pw)
+    sender, password = creds.addr(domain2), creds.password()
+    imap(domain2).login(sender, password)
+    send(lambda: smtp(domain2), sender, password, encrypted(sender, rcpt), sender, [rcpt])
+    (raw,) = wait_for_messages(imap, rcpt, rcpt_pw, timeout=60)
+    headers = raw.split(b"\r\n\r\n", 1)[0]
+    for name in (b"DKIM-Signature:", b"Authentication-Results:", b"Received:"):
+        assert name not in headers
+    assert socket.gethostbyname(domain2).encode() not in headers
+
+
 def test_old_messages_are_expunged(remote, config):
     days = config.delete_mails_after + 1
     out = remote.run(
