@@ -84,12 +84,17 @@ def submit(lab, host: str, sender: str, to: str) -> tuple[dict, str]:
     return reply, msgid
 
 
-def delivery_status(lab, relay, start: str, rcpt: str, timeout: float = 25) -> str:
-    """The first ``status=`` of the relay's delivery attempts to ``rcpt`` since ``start``."""
+def delivery_status(lab, relay, start: str, rcpt: str, msgid: str, timeout: float = 25) -> str:
+    """The first ``status=`` of the relay's delivery attempts of message ``msgid`` to
+    ``rcpt`` since ``start``: mail deferred by earlier tests may be delivered meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
-        for line in mail_log(lab, relay, start).splitlines():
-            if f"to=<{rcpt}>" in line and "status=" in line:
+        log = mail_log(lab, relay, start).splitlines()
+        # cleanup logs "<queue id>: message-id=<msgid>" once per queue file of the message.
+        ids = {line.split(": message-id=", 1)[0].rsplit(" ", 1)[-1] for line in log
+               if f"message-id=<{msgid}>" in line}  # fmt: skip
+        for line in log:
+            if f"to=<{rcpt}>" in line and "status=" in line and any(f" {q}: " in line for q in ids):
                 return line.split("status=", 1)[1]
         if time.monotonic() > deadline:
             return "(no delivery attempt logged)"
@@ -115,7 +120,7 @@ def observe(lab, relays, accounts, sent) -> dict:
     reply, msgid = submit(lab, relay2.domain, carol, alice)
     assert reply["code"] == 250, reply
     sent.append((alice, relay1.domain, msgid))
-    out["port25"] = delivery_status(lab, relay2, start2, alice)
+    out["port25"] = delivery_status(lab, relay2, start2, alice, msgid)
     return out
 
 
@@ -223,8 +228,8 @@ def test_dovecot_down_mail_from_other_relays_waits_in_the_queue(lab, relays, acc
         reply, msgid = submit(lab, relay2.domain, carol, alice)
         assert reply["code"] == 250, reply
         sent.append((alice, relay1.domain, msgid))
-        on_relay2 = delivery_status(lab, relay2, start2, alice)
-        on_relay1 = delivery_status(lab, relay1, start1, alice)
+        on_relay2 = delivery_status(lab, relay2, start2, alice, msgid)
+        on_relay1 = delivery_status(lab, relay1, start1, alice, msgid)
         auth = call(lab, "smtp_auth", host=relay1.domain, user=alice, password=PASSWORD)
     finally:
         lab.ssh_run(relay1.name, "systemctl start dovecot")
