@@ -90,11 +90,11 @@ def delivery_status(lab, relay, start: str, rcpt: str, msgid: str, timeout: floa
     deadline = time.monotonic() + timeout
     while True:
         log = mail_log(lab, relay, start).splitlines()
-        # cleanup logs "<queue id>: message-id=<msgid>" once per queue file of the message.
-        ids = {line.split(": message-id=", 1)[0].rsplit(" ", 1)[-1] for line in log
-               if f"message-id=<{msgid}>" in line}  # fmt: skip
+        # cleanup logs "<queue id>: message-id=<msgid>" once per queue file of the message;
+        # delivery lines start with the same queue id (journalctl -o cat: no prefix).
+        ids = {line.split(":", 1)[0] for line in log if f": message-id=<{msgid}>" in line}
         for line in log:
-            if f"to=<{rcpt}>" in line and "status=" in line and any(f" {q}: " in line for q in ids):
+            if f"to=<{rcpt}>" in line and "status=" in line and line.split(":", 1)[0] in ids:
                 return line.split("status=", 1)[1]
         if time.monotonic() > deadline:
             return "(no delivery attempt logged)"
