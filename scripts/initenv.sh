@@ -4,8 +4,7 @@ set -e
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
-    echo "python3-venv is missing: apt-get install python3-venv" >&2
-    exit 1
+    scripts/apt-install.sh scripts/venv-packages.txt
 fi
 if [ ! -x venv/bin/python ]; then
     "$PYTHON" -m venv venv

@@ -4,28 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-while read -r pkg; do
-    case "$pkg" in ""|"#"*) continue ;; esac
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-done < scripts/test-packages.txt
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "missing Debian packages: ${missing[*]} (run as root or install them)" >&2
-        exit 1
-    fi
-    echo "installing: ${missing[*]}"
-    # Packages must not start their system services here: tests run their own instances.
-    policy=/usr/sbin/policy-rc.d
-    own_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    [ "$own_policy" = 1 ] && rm -f "$policy"
-fi
-
+scripts/apt-install.sh scripts/test-packages.txt
 scripts/initenv.sh
 
 echo "== unit tests"

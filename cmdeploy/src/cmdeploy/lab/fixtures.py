@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .lab import TOOLS, Lab
+from .lab import Lab
 
 # The lab must never touch the machine's own name resolution (lab-facts 6).
 GUARDED_FILES = [Path("/etc/resolv.conf"), Path("/etc/hosts")]
@@ -25,24 +23,11 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
 
 
-def _install_missing_tools() -> None:
-    missing = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
-    if missing:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-            check=True,
-            env=env,
-        )
-
-
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     """A running lab with CMLAB_HOSTS (default 2) hosts, torn down after the session."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    _install_missing_tools()
     guarded = {p: _digest(p) for p in GUARDED_FILES}
     the_lab = Lab()
     try:

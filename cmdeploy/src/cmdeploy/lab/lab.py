@@ -20,23 +20,13 @@ from pathlib import Path
 
 from . import dns, host, net, proxy
 from .base import ensure_base
+from .packages import install_missing
 from .util import LabError, Progress, is_alive, proc_start_time, run, spawn_daemon, stop_process
 
 NS_NAME = dns.NS_NAME
 
 STATE_DIR = Path(os.environ.get("CMLAB_STATE_DIR", "/var/lib/chatmail-lab"))
 CACHE_DIR = Path(os.environ.get("CMLAB_CACHE_DIR", "/var/cache/chatmail-lab"))
-TOOLS = {
-    "debootstrap": "debootstrap",
-    "systemd-nspawn": "systemd-container",
-    "dnsmasq": "dnsmasq-base",
-    "tinyproxy": "tinyproxy",
-    "ip": "iproute2",
-    "ssh": "openssh-client",
-    "ssh-keygen": "openssh-client",
-    "mount": "mount",
-    "chroot": "coreutils",
-}
 # The programs the lab runs on this machine, each with an argument naming the state dir.
 DAEMONS = ("systemd-nspawn", "dnsmasq", "tinyproxy")
 # Dovecot needs one inotify instance per IDLE mailbox, all as user vmail (lab-facts 11, 16).
@@ -594,9 +584,7 @@ def check_prerequisites(state_dir: Path) -> None:
     """Raise LabError naming what is missing for the lab on this machine."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (bridges, namespaces, containers): run it with sudo")
-    missing = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
-    if missing:
-        raise LabError(f"missing Debian packages for the lab: apt-get install {' '.join(missing)}")
+    install_missing()
     for ns in ("pid", "net", "mnt", "uts", "ipc"):
         if not Path(f"/proc/self/ns/{ns}").exists():
             raise LabError(
