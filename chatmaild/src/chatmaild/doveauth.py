@@ -8,6 +8,13 @@ when the creation rules allow it, at most ``max_new_accounts_per_ip_burst`` at o
 ``max_new_accounts_per_ip_per_hour`` after that per client address. Names that cannot be an
 account (too long, control characters, another domain) are answered "not found" without
 touching the filesystem. All state is the account's ``password`` file.
+
+Lookups of existing accounts are answered from a cache of the stored hashes, on the event
+loop without a worker thread (:meth:`AuthDict.lookup_nowait`). An entry is used only while a
+``stat`` of the password file shows the very file it was read from (inode, size, mtime and
+ctime in ns): a password file is only ever replaced by a rename (``fsutil.write_atomic``) or
+removed with its account (``chatmail-expire``), and either changes that. A miss goes the slow
+path (thread pool, file read, creation rules), so create-on-login stays exactly as before.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import time
 from collections.abc import Iterable
 
 from .config import Config, User, read_config
-from .dictproxy import DictFailure, DictHandler, DictProxyServer, setup_logging
+from .dictproxy import NOT_CACHED, DictFailure, DictHandler, DictProxyServer, setup_logging
 from .filtermail.ratelimit import RateLimiter
 from .fsutil import write_atomic
 from .hashing import hash_password
@@ -36,6 +43,58 @@ log = logging.getLogger("doveauth")
 # after the address and must fit one file name (255 bytes on ext4).
 MAX_LOCALPART = 64
 MAX_ADDRESS = 254
+
+# Existing accounts whose answers are cached (about 1 KB each): the busiest ones of a relay
+# with many more accounts; the others take the slow path, which is just as correct.
+MAX_CACHED_ACCOUNTS = 20_000
+
+
+def _file_identity(path: str) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class AccountCache:
+    """addr -> (password file path, its identity, passdb reply, userdb reply).
+
+    Filled by worker threads, read lock-free by the event loop (single dict operations are
+    atomic); writers take a lock so that eviction never races an insertion.
+    """
+
+    def __init__(self, max_entries: int = MAX_CACHED_ACCOUNTS):
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[str, tuple, str, str]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, addr: str, kind: str) -> str | None:
+        """The cached passdb or userdb reply of ``addr`` if its password file is unchanged."""
+        entry = self._entries.get(addr)
+        if entry is None:
+            return None
+        path, identity, passdb, userdb = entry
+        try:
+            current = _file_identity(path)
+        except OSError:
+            current = None
+        if current != identity:
+            self.discard(addr)
+            return None
+        return passdb if kind == "passdb" else userdb
+
+    def put(self, addr: str, path: str, identity: tuple, passdb: str, userdb: str) -> None:
+        with self._lock:
+            self._entries.pop(addr, None)
+            while len(self._entries) >= self.max_entries:
+                # Oldest insertion first: dicts keep insertion order.
+                del self._entries[next(iter(self._entries))]
+            self._entries[addr] = (path, identity, passdb, userdb)
+
+    def discard(self, addr: str) -> None:
+        with self._lock:
+            self._entries.pop(addr, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def split_escaped(text: str, sep: str = '"') -> list[str]:
@@ -144,6 +203,15 @@ class AuthDict(DictHandler):
         self.creations = CreationLimiter(
             config.max_new_accounts_per_ip_per_hour, config.max_new_accounts_per_ip_burst, clock
         )
+        self.cache = AccountCache()
+
+    def lookup_nowait(self, key: str, user: str | None):
+        """The reply of an existing account from the cache, else NOT_CACHED (slow path)."""
+        kind, addr = _cache_key(key)
+        if addr is None:
+            return NOT_CACHED
+        reply = self.cache.get(addr, kind)
+        return NOT_CACHED if reply is None else reply
 
     def lookup(self, key: str, user: str | None) -> str | None:
         namespace, _, rest = key.partition("/")
@@ -177,8 +245,19 @@ class AuthDict(DictHandler):
             return None
 
     def _stored_hash(self, user: User) -> str | None:
+        path = str(user.password_path)
         try:
-            return user.get_password_hash()
+            before = _file_identity(path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            before = None  # get_password_hash below raises or answers the same way
+        try:
+            stored = user.get_password_hash()
+            if stored is not None and before is not None and _file_identity(path) == before:
+                # The same file before and after the read: what was read is what it holds.
+                self._remember(user, path, before, stored)
+            return stored
         except OSError as e:
             if e.errno not in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR):
                 raise
@@ -194,6 +273,10 @@ class AuthDict(DictHandler):
     def _userdb_json(self, user: User) -> str:
         # uid/gid come from Dovecot's mail_uid/mail_gid (vmail on the relay).
         return json.dumps({"home": str(user.maildir)})
+
+    def _remember(self, user: User, path: str, identity: tuple, stored: str) -> None:
+        passdb = json.dumps({"password": stored})
+        self.cache.put(user.addr, path, identity, passdb, self._userdb_json(user))
 
     def passdb_lookup(self, addr: str, password: str, rip: str = "") -> str | None:
         user = self._user(addr)
@@ -266,6 +349,11 @@ class AuthDict(DictHandler):
                 # answer NO [UNAVAILABLE] / 454, never "authentication failed".
                 log.error("could not create %s: %s", user.addr, e)
                 raise DictFailure("account storage unavailable") from e
+            path = str(user.password_path)
+            try:
+                self._remember(user, path, _file_identity(path), new_hash)
+            except OSError:
+                pass  # not cached: the next lookup reads the file
         print(f"Created address: {user.addr}", file=sys.stderr, flush=True)
         return new_hash
 
@@ -279,6 +367,16 @@ class AuthDict(DictHandler):
         for name in names:
             if "@" in name:
                 yield f"shared/userdb/{name}", ""
+
+
+def _cache_key(key: str) -> tuple[str, str | None]:
+    """("passdb" or "userdb", address) of a lookup key, address None if not cacheable."""
+    if key.startswith("shared/passdb/"):
+        parts = split_escaped(key[len("shared/passdb/") :])
+        return "passdb", parts[1] if len(parts) in (2, 3) else None
+    if key.startswith("shared/userdb/"):
+        return "userdb", split_escaped(key[len("shared/userdb/") :])[0]
+    return "", None
 
 
 def _make_maildir(user: User) -> None:
