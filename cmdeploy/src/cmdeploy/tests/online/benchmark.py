@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from cmdeploy import loadgen, unitstats
+from cmdeploy import idleclients, loadgen, unitstats
 from cmdeploy.lab import stock
 from cmdeploy.remote import Remote, RemoteError
+from cmdeploy.tests.online.dcutil import next_event, wait_text
 from cmdeploy.tests.online.dcutil import online_account as _online
-from cmdeploy.tests.online.dcutil import wait_text
 
 RESULTS: dict[str, list[float]] = {}
 
@@ -39,6 +39,7 @@ def table():
         lines.append(
             f"{name:36} {statistics.median(values):8.3f} {min(values):8.3f} {max(values):8.3f}"
         )
+    lines += latency_table()
     lines += throughput_table()
     print("\n".join(lines))
 
@@ -133,6 +134,178 @@ def test_send_burst_receive(dc, creds, domain, config):
         wait_text(b, f"burst {n - 1}", timeout=120)
 
     measure(f"send {n}, receive {n}", burst, 1)
+
+
+# -- delivery latency: SMTP 250 -> IMAP IDLE EXISTS, and a Delta Chat ping series ---------
+
+LATENCY_MESSAGES = 30
+LATENCY: list[dict] = []
+
+
+def _latency_row(topology: str, system: str, send_host: str, rcpt_host: str,
+                 senders: list[loadgen.Account], rcpt: loadgen.Account, per_sender: int) -> None:  # fmt: skip
+    """Raw protocol: the recipient IDLEs on INBOX, each message is timed from the 250 after
+    its final DATA to the ``* N EXISTS`` (one at a time, each sender within its burst)."""
+    try:
+        seconds = idleclients.measure_latency(send_host, rcpt_host, senders, rcpt,
+                                              LATENCY_MESSAGES, per_sender)  # fmt: skip
+        LATENCY.append({"what": "SMTP 250 -> IDLE EXISTS", "topology": topology,
+                        "system": system, **idleclients.latency_summary(seconds)})  # fmt: skip
+    except (OSError, RuntimeError, TimeoutError, idleclients.ImapError) as e:
+        LATENCY.append({"what": "SMTP 250 -> IDLE EXISTS", "topology": topology,
+                        "system": system, "n": 0, "error": f"{type(e).__name__}: {e}"[:200]})  # fmt: skip
+
+
+def _chatmail_latency_accounts(config, send_host: str, rcpt_host: str):
+    password = bench_password(Path(os.environ["CHATMAIL_INI"]))
+    per_sender = max(1, config.max_user_send_burst_size - 1)
+    senders = loadgen.accounts(send_host, -(-LATENCY_MESSAGES // per_sender), prefix="bl",
+                               password=password)  # fmt: skip
+    rcpt = loadgen.accounts(rcpt_host, 1, prefix="bi", password=password)[0]
+    errors = loadgen.create_accounts(send_host, senders) + loadgen.create_accounts(
+        rcpt_host, [rcpt]
+    )
+    assert not errors, errors[:3]
+    return senders, rcpt, per_sender
+
+
+def _floor_latency_accounts(send_host: str, rcpt_host: str):
+    # The last bench accounts of the floor: the throughput runs take the first recipients.
+    password = bench_password(Path(os.environ["CHATMAIL_INI"]))
+    senders, _ = stock.bench_accounts(send_host, password)
+    _, rcpts = stock.bench_accounts(rcpt_host, password)
+    rcpt = rcpts[-1] if send_host == rcpt_host else rcpts[-2]
+    return [loadgen.Account(*a) for a in senders[-4:]], loadgen.Account(*rcpt)
+
+
+def test_idle_latency_one_relay(config, domain):
+    senders, rcpt, per = _chatmail_latency_accounts(config, domain, domain)
+    _latency_row("one relay", "chatmail", domain, domain, senders, rcpt, per)
+    floor = _floor_hosts()
+    if floor:
+        senders, rcpt = _floor_latency_accounts(floor[0], floor[0])
+        _latency_row("one relay", "floor", floor[0], floor[0], senders, rcpt, 9)
+
+
+def test_idle_latency_two_relays(config, domain, domain2):
+    senders, rcpt, per = _chatmail_latency_accounts(config, domain, domain2)
+    _latency_row("two relays", "chatmail", domain, domain2, senders, rcpt, per)
+    floor = _floor_hosts()
+    if len(floor) >= 2:
+        senders, rcpt = _floor_latency_accounts(floor[0], floor[1])
+        _latency_row("two relays", "floor", floor[0], floor[1], senders, rcpt, 9)
+
+
+def _ping_series(dc, creds, d1, d2, topology: str, n: int = 30, interval: float = 1.0) -> None:
+    """cmping-style: ``n`` messages at ``interval`` s from a to b, each timed from the send
+    call to b's INCOMING_MSG (both clients in this process, so one clock)."""
+    from deltachat_rpc_client.const import EventType
+
+    a, b = online_account(dc, creds, d1), online_account(dc, creds, d2)
+    b.create_chat(a)  # accepted: messages of a contact request raise no INCOMING_MSG
+    chat = a.create_chat(b)
+    chat.send_text("warm up")  # key exchange, first IDLE
+    wait_text(b, "warm up")
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+    start = time.monotonic()
+    deadline = start + n * interval + 15
+    i = 0
+    while len(got) < n and time.monotonic() < deadline:
+        if i < n and time.monotonic() >= start + i * interval:
+            sent[f"ping {i}"] = time.monotonic()
+            chat.send_text(f"ping {i}")
+            i += 1
+            continue
+        until = start + i * interval if i < n else deadline
+        try:
+            event = next_event(b, min(until, deadline))
+        except TimeoutError:
+            continue
+        if event.kind == EventType.INCOMING_MSG:
+            now = time.monotonic()
+            text = b.get_message_by_id(event.msg_id).get_snapshot().text
+            if text in sent:
+                got.setdefault(text, now - sent[text])
+    row = {"what": f"Delta Chat {n} pings at {interval:g} s", "topology": topology,
+           "system": "chatmail", **idleclients.latency_summary(list(got.values()))}  # fmt: skip
+    row["lost"] = n - len(got)
+    LATENCY.append(row)
+
+
+def test_ping_series_one_relay(dc, creds, domain):
+    _ping_series(dc, creds, domain, domain, "one relay")
+
+
+def test_ping_series_two_relays(dc, creds, domain, domain2):
+    _ping_series(dc, creds, domain, domain2, "two relays")
+
+
+IDLE_CLIENTS = int(os.environ.get("CHATMAIL_BENCH_IDLE_CLIENTS", "1000"))
+
+
+def _services_pss_mib(remote: Remote) -> tuple[float, float]:
+    """PSS (MiB) of all the relay's services, and of Dovecot's unit alone."""
+    units = unitstats.sample(remote)["units"]
+    total = sum(r.get("pss_kb", 0) for r in units.values()) / 1024
+    dovecot = sum(r.get("pss_kb", 0) for k, r in units.items() if k.startswith("dovecot")) / 1024
+    return total, dovecot
+
+
+def test_idle_clients(config, domain, remote):
+    """IDLE_CLIENTS new accounts held in IDLE (bench/idle_clients.py does 10,000 in the lab)."""
+    import asyncio
+
+    # Every account is new and comes from this one client IP.
+    n = min(IDLE_CLIENTS, config.max_new_accounts_per_ip_burst // 2)
+    password = bench_password(Path(os.environ["CHATMAIL_INI"]))
+    accounts = loadgen.accounts(domain, n, prefix="ic", password=password)
+    senders = loadgen.accounts(domain, 3, prefix="is", password=password)
+    assert not loadgen.create_accounts(domain, senders)
+    memory = {"before": _services_pss_mib(remote)}
+
+    def on_phase(name: str, data: dict) -> None:
+        if name in ("held", "releasing"):
+            memory[name] = _services_pss_mib(remote)
+
+    # Held past imap_hibernate_timeout (30 s), so the last figure is after hibernation.
+    result = asyncio.run(idleclients.hold_and_sample(domain, accounts, senders, sample=20,
+                                                     hold=40, deadline=300, on_phase=on_phase))  # fmt: skip
+    held = result.get("held", 0)
+    row = {"what": f"IDLE EXISTS, {held} held", "topology": "one relay", "system": "chatmail",
+           **result.get("latency_ms", {"n": 0})}  # fmt: skip
+    LATENCY.append(row)
+    base = memory["before"][0]
+    mem = ", ".join(f"{k} {v[0]:.0f} MiB (dovecot {v[1]:.0f})" for k, v in memory.items())
+    per = {k: (v[0] - base) * 1024 / max(held, 1) for k, v in memory.items() if k != "before"}
+    NOTES_IDLE.append(
+        f"idle clients: {held} of {n} held ({result.get('errors')} failed, "
+        f"{result.get('dropped_at_end')} dropped), connect+login+IDLE "
+        f"{result.get('connect_per_s')}/s; services PSS {mem}; per connection "
+        + ", ".join(f"{k} {v:.0f} KiB" for k, v in per.items())
+    )
+
+
+NOTES_IDLE: list[str] = []
+
+
+def latency_table() -> list[str]:
+    """Latency rows (ms), chatmail beside the stock floor measured in the same run."""
+    if not LATENCY:
+        return []
+    lines = ["", "delivery latency (ms): SMTP 250 -> IDLE EXISTS over raw IMAP; Delta Chat: "
+             "send call -> INCOMING_MSG at the recipient",  # fmt: skip
+             f"{'measure':26} {'topology':11} {'system':9} {'n':>3} {'median':>7} {'p90':>7} "
+             f"{'mean':>7} {'max':>7}"]  # fmt: skip
+    for r in LATENCY:
+        if not r.get("n"):
+            why = r.get("error", "no values")
+            lines.append(f"{r['what']:26} {r['topology']:11} {r['system']:9}   0 ({why})")
+            continue
+        lost = f"  lost {r['lost']}" if r.get("lost") else ""
+        lines.append(f"{r['what']:26} {r['topology']:11} {r['system']:9} {r['n']:3} "
+                     f"{r['median']:7.1f} {r['p90']:7.1f} {r['mean']:7.1f} {r['max']:7.1f}{lost}")  # fmt: skip
+    return lines + NOTES_IDLE
 
 
 # -- throughput: encrypted messages/s against a stock floor ---------------------------------
