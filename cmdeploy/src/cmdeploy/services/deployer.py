@@ -39,6 +39,8 @@ TIMERS = {
 }
 
 MiB = 1024 * 1024
+# glibc reads the zone file once instead of checking /etc/localtime at every conversion.
+TZ_LINE = "TZ=:/etc/localtime"
 
 
 def unit_limits(name: str, config) -> dict:
@@ -108,6 +110,10 @@ class ServicesDeployer(Deployer):
                 ],
             ), marker)  # fmt: skip
         self.put_text(_read(self.config.config_path), INI)
+        # Login sessions (ssh, an operator's tools) as the reference sets it; the units
+        # set TZ themselves (systemd does not read /etc/environment).
+        files.line(name="chatmaild: TZ in /etc/environment", path="/etc/environment",
+                   line="^TZ=.*$", replace=TZ_LINE, ensure_newline=True)  # fmt: skip
         for name, (args, runtime_dir) in DAEMONS.items():
             self.put_template("daemon.service.j2", f"/etc/systemd/system/{name}.service",
                               description=name, exec_start=f"{VENV}/bin/" + args.format(ini=INI),

@@ -1,0 +1,50 @@
+"""TZ=:/etc/localtime in the environment of every chatmaild unit, Postfix and Dovecot."""
+
+from __future__ import annotations
+
+import pytest
+
+from cmdeploy.deployer import DeployOptions
+from cmdeploy.dovecot.deployer import DovecotDeployer
+from cmdeploy.postfix.deployer import PostfixDeployer
+from cmdeploy.services.deployer import DAEMONS, TIMERS, TZ_LINE, ServicesDeployer, unit_limits
+from cmdeploy.tests.test_supervision import config_with, effective
+
+
+def assert_tz(text: str) -> None:
+    env = [e for v in effective(text, "Service", "Environment") for e in v.split()]
+    assert "TZ=:/etc/localtime" in env
+
+
+def test_tz_line_is_the_references():
+    assert TZ_LINE == "TZ=:/etc/localtime"
+
+
+@pytest.mark.parametrize("name", [*DAEMONS, *TIMERS, "echobot"])
+def test_chatmaild_units_set_tz(name):
+    config = config_with()
+    d = ServicesDeployer(config, DeployOptions())
+    limits = unit_limits(name, config)
+    if name in DAEMONS:
+        text = d.render("daemon.service.j2", description=name, exec_start="/bin/true",
+                        runtime_dir=None, **limits)  # fmt: skip
+    elif name in TIMERS:
+        text = d.render("oneshot.service.j2", description=name, exec_start="/bin/true", **limits)
+    else:
+        text = d.render("echobot.service.j2", venv="/v", ini="/x.ini", **limits)
+    assert_tz(text)
+
+
+@pytest.mark.parametrize("deployer", [PostfixDeployer, DovecotDeployer])
+def test_postfix_and_dovecot_dropins_set_tz(deployer):
+    assert_tz(deployer(config_with(), DeployOptions()).render("supervise.conf"))
+
+
+@pytest.mark.parametrize("template", ["main.cf.j2", "../dovecot/dovecot.conf.j2"])
+def test_masters_pass_tz_to_their_children(template):
+    # Both masters clear the environment of their children except import_environment,
+    # whose defaults include TZ: an override would have to name it again.
+    text = (PostfixDeployer.templates / template).read_text()
+    for line in text.splitlines():
+        if line.strip().startswith("import_environment"):
+            assert "TZ" in line.split("=", 1)[1].split()
