@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import dns, host, net, proxy
+from . import dns, forward, host, net, proxy
 from .base import ensure_base
 from .packages import install_missing
 from .util import LabError, Progress, is_alive, proc_start_time, run, spawn_daemon, stop_process
@@ -175,6 +175,27 @@ class Lab:
                 self._save(state)
                 raise LabError("; ".join(errors))
             self.state_file.unlink(missing_ok=True)
+
+    def forward(self, name: str) -> dict[str, int]:
+        """Forward the host's IMAP, SMTP and HTTPS ports to 127.0.0.1 (see lab.forward).
+
+        Idempotent; the forwards are lab processes, so `down` stops them. Returns the
+        loopback port of each service.
+        """
+        h = self.host(name)
+        with self._locked():
+            state = self._load()
+            for service in forward.PORTS:
+                key = f"forward-{h.name}-{service}"
+                rec = state["procs"].get(key)
+                if rec and is_alive(rec["pid"], rec["start"]):
+                    continue
+                argv = forward.socat_argv(h.index, service, h.ip)
+                state["procs"][key] = spawn_daemon(argv, self.log_dir / f"{key}.log")
+                self._save(state)
+                port = forward.local_port(h.index, service)
+                self._wait_ready(key, state, lambda port=port: _tcp_open(forward.LOOPBACK, port))
+        return {service: forward.local_port(h.index, service) for service in forward.PORTS}
 
     def reboot(self, name: str, hard: bool = False) -> dict:
         """Reboot a host on its own root: `systemctl reboot` inside, or a power cut if `hard`.

@@ -23,6 +23,7 @@ TOOLS = {
     "systemd-nspawn": "systemd-container",
     "dnsmasq": "dnsmasq-base",
     "tinyproxy": "tinyproxy",
+    "socat": "socat",
     "ip": "iproute2",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatmaild.config import read_config, render_initial_config
+from chatmaild.newemail import create_credentials
 
+from . import forward
 from .lab import Lab
 
 DEFAULT_WORKDIR = Path("lab-relays")
@@ -113,6 +115,7 @@ A Delta Chat client (deltachat-rpc-server) run in that namespace joins with
 (an underscore domain: the client accepts the relay's self-signed certificate), or with
   dcaccount:https://{relay.domain}/new
 
+{_app_section(lab, relay)}
 Manage it like a real server:
   cmdeploy --config {relay.ini} --ssh-config {lab.ssh_config} status
   cmdeploy --config {relay.ini} --ssh-config {lab.ssh_config} run
@@ -122,6 +125,47 @@ Tear the lab down (hosts, DNS, proxy, namespace):
 """
 
 
+def _app_section(lab: Lab, relay: LabRelay) -> str:
+    """How the Delta Chat app on this machine joins, if the loopback forwards run."""
+    index = lab.host(relay.name).index
+    if not _tcp_open_local(forward.local_port(index, "imap")):
+        return ""
+    creds = create_credentials(read_config(relay.ini))
+    url = forward.dclogin_url(creds["email"], creds["password"], index)
+    ports = ", ".join(
+        f"{forward.LOOPBACK}:{forward.local_port(index, s)} -> {p}"
+        for s, p in forward.PORTS.items()
+    )
+    return f"""
+The Delta Chat app on THIS machine can use the relay through loopback forwards
+({ports}; only this machine can reach them). Add a profile with this link or QR code
+(a new account, created by its first login; it accepts the self-signed certificate):
+  {url}
+{_qr_text(url)}"""
+
+
+def _tcp_open_local(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((forward.LOOPBACK, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _qr_text(text: str) -> str:
+    import io
+
+    import qrcode
+
+    qr = qrcode.QRCode(border=1)
+    qr.add_data(text)
+    out = io.StringIO()
+    qr.print_ascii(out=out, invert=True)
+    return out.getvalue()
+
+
 def relay_cmd(args) -> int:
     from cmdeploy.cli import fail
 
@@ -129,6 +173,8 @@ def relay_cmd(args) -> int:
     overrides = dict(item.split("=", 1) for item in args.set)
     try:
         relay = lab_relay(lab, args.name, args.workdir.resolve(), overrides or None)
+        if not args.no_forward:
+            lab.forward(relay.name)
     except Exception as e:  # the operator sees one clear line, not a traceback
         return fail(f"could not set up the lab relay: {e}")
     print(f"deployed {relay.domain} in {relay.deploy_seconds[-1]:.0f}s\n")
@@ -145,4 +191,6 @@ def register(lab_subparsers) -> None:
                    help="where the relay's chatmail.ini and zone are kept (default ./lab-relays)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a chatmail.ini setting for this relay (repeatable)")  # fmt: skip
+    p.add_argument("--no-forward", action="store_true",
+                   help="no loopback forwards for a Delta Chat app on this machine")  # fmt: skip
     p.set_defaults(func=relay_cmd)

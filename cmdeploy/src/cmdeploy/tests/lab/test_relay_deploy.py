@@ -10,11 +10,12 @@ import random
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from chatmaild.tests import mailgen
 
-from cmdeploy.lab.relay import cmdeploy, deploy, lab_relay, publish_zone
+from cmdeploy.lab.relay import cmdeploy, deploy, how_to_connect, lab_relay, publish_zone
 from cmdeploy.tests.lab.probes import call
 
 pytestmark = pytest.mark.lab
@@ -209,6 +210,43 @@ def test_new_account_url_redirects_browsers_to_the_app(lab, relays):
     relay1 = relays[0]
     out = call(lab, "http_get", url=f"https://{relay1.domain}/new")
     assert out == {"status": 301, "location": f"dcaccount:https://{relay1.domain}/new"}
+
+
+def test_the_app_on_this_machine_uses_the_relay_through_loopback_forwards(lab, relays, tmp_path):
+    """What `cmdeploy lab relay` prints lets a Delta Chat outside the lab namespace chat."""
+    from deltachat_rpc_client import DeltaChat, Rpc
+
+    from cmdeploy.tests.online.dcutil import wait_text
+
+    relay1 = relays[0]
+    ports = lab.forward("relay1")
+    assert lab.forward("relay1") == ports  # idempotent
+    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout.split("\n")
+    for port in ports.values():
+        binds = [line.split()[3] for line in listening if line.split()[3:4] and
+                 line.split()[3].endswith(f":{port}")]  # fmt: skip
+        assert binds == [f"127.0.0.1:{port}"], "a forward must not listen beyond loopback"
+    # Another machine (the lab's client namespace stands in for one) cannot use them.
+    probe = f"import socket; socket.create_connection(('{lab.dns_ip}', {ports['imap']}), 3)"
+    outside = lab.client_ns_run(["python3", "-c", probe])
+    assert outside.returncode != 0 and "refused" in outside.stderr.lower(), outside
+    links = []
+    for _ in range(2):
+        text = how_to_connect(lab, relay1)
+        links += [line.strip() for line in text.splitlines() if line.strip().startswith("dclogin:")]
+    assert len(links) == 2 and links[0] != links[1], links
+    server = Path(sys.executable).parent / "deltachat-rpc-server"
+    with Rpc(accounts_dir=str(tmp_path / "dc"), rpc_server_path=str(server)) as rpc:
+        dc = DeltaChat(rpc)
+        accounts = []
+        for link in links:
+            account = dc.add_account()
+            account.add_transport_from_qr(link)
+            account.bring_online()
+            accounts.append(account)
+        ac1, ac2 = accounts
+        ac1.create_chat(ac2).send_text("hello through the loopback forwards")
+        assert wait_text(ac2, "hello through the loopback forwards").show_padlock
 
 
 def test_port_conflict_stops_the_run_before_anything_changes(lab, relays):
