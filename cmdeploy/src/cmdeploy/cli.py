@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         type=Path,
-        default=Path(os.environ.get("CHATMAIL_INI", "chatmail.ini")),
-        help="path to chatmail.ini (default: $CHATMAIL_INI or ./chatmail.ini)",
+        action="append",
+        help="path to chatmail.ini (default: $CHATMAIL_INI or ./chatmail.ini); repeat it to "
+        "run, check (status) or list DNS for several relays at once",
     )
     parser.add_argument(
         "--ssh-config",
@@ -91,6 +92,14 @@ SUBCOMMAND_MODULES = [
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configs = args.config or [Path(os.environ.get("CHATMAIL_INI", "chatmail.ini"))]
+    if len(configs) > 1:
+        from cmdeploy.inventory import FAN_OUT, fan_out
+
+        if args.command not in FAN_OUT:
+            return fail(f"several --config work with {', '.join(FAN_OUT)}, not {args.command}")
+        return fan_out(configs, sys.argv[1:] if argv is None else argv, args.command)
+    args.config = configs[0]
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

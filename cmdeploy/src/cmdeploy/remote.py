@@ -2,11 +2,14 @@
 
 The target is a host name as SSH knows it, optionally with an ssh_config file (the lab
 writes one). ``ssh -G`` resolves the real address, user, key and known-hosts file, so
-pyinfra connects exactly as ``ssh`` would.
+pyinfra connects exactly as ``ssh`` would. ``@local`` (or ``localhost``) is this machine
+itself: commands run here as root and pyinfra uses its local connector, for an operator
+logged into the server.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +19,19 @@ class RemoteError(Exception):
     """A command on the relay could not be run; the message says why."""
 
 
+# Host names that mean "deploy on the machine cmdeploy runs on".
+LOCAL_NAMES = ("@local", "localhost")
+
+
 @dataclass(frozen=True)
 class Remote:
     host: str
     ssh_config: Path | None = None
     user: str = "root"
+
+    @property
+    def local(self) -> bool:
+        return self.host in LOCAL_NAMES
 
     def _base(self) -> list[str]:
         argv = ["ssh", "-o", "BatchMode=yes"]
@@ -32,7 +43,12 @@ class Remote:
         self, command: str, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess:
         """Run a shell command on the relay as root."""
-        argv = self._base() + [f"{self.user}@{self.host}", command]
+        if self.local:
+            if os.geteuid() != 0:
+                raise RemoteError("deploying on this machine (--ssh-host @local) needs root")
+            argv = ["bash", "-c", command]
+        else:
+            argv = self._base() + [f"{self.user}@{self.host}", command]
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -57,6 +73,10 @@ class Remote:
 
     def pyinfra_inventory(self, directory: Path) -> Path:
         """Write an inventory module for pyinfra that connects like ``ssh`` does."""
+        path = directory / "inventory.py"
+        if self.local:
+            path.write_text('hosts = ["@local"]\n')
+            return path
         s = self.resolved()
         data = {
             "ssh_hostname": s.get("hostname", self.host),
@@ -70,6 +90,5 @@ class Remote:
         if self.ssh_config and known:
             data["ssh_known_hosts_file"] = known[0]
             data["ssh_strict_host_key_checking"] = "yes"
-        path = directory / "inventory.py"
         path.write_text(f"hosts = [({self.host!r}, {data!r})]\n")
         return path
