@@ -2,7 +2,8 @@
 
 Each relay's command runs as its own ``cmdeploy`` process, all in parallel; their output
 lines are prefixed with the relay's domain, and a summary names each relay's result. The
-exit status is 0 only when every relay's command succeeded.
+exit status is 0 only when every relay's command succeeded. ``{domain}`` in an argument is
+replaced by each relay's domain (``dns --zonefile {domain}.zone``).
 """
 
 from __future__ import annotations
@@ -67,12 +68,19 @@ def fan_out(configs: list[Path], argv: list[str], command: str) -> int:
     rest = strip_configs(argv)
     if "--ssh-host" in rest or any(a.startswith("--ssh-host=") for a in rest):
         raise SystemExit("--ssh-host names one host; it cannot apply to several relays")
+    zonefiles = [b for a, b in zip(rest, rest[1:], strict=False) if a == "--zonefile"]
+    zonefiles += [a.split("=", 1)[1] for a in rest if a.startswith("--zonefile=")]
+    if any("{domain}" not in z for z in zonefiles):
+        raise SystemExit(
+            "with several relays, --zonefile must contain {domain}, e.g. {domain}.zone"
+        )
     width = max(len(n) for n in names)
     lock = threading.Lock()
     started = time.monotonic()
     procs = []
     for path, name in zip(configs, names, strict=True):
-        cmd = [sys.executable, "-m", "cmdeploy.cli", "--config", str(path), *rest]
+        own = [arg.replace("{domain}", name) for arg in rest]
+        cmd = [sys.executable, "-m", "cmdeploy.cli", "--config", str(path), *own]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         prefix = f"[{name:<{width}}]"
         pumps = [

@@ -52,3 +52,9 @@ def test_commands_for_one_relay_refuse_several_configs(tmp_path, capsys):
     a, b = ini(tmp_path, "a.chat.invalid"), ini(tmp_path, "b.chat.invalid")
     assert main(["--config", str(a), "--config", str(b), "init", "c.chat.invalid"]) == 1
     assert "several --config work with run, status, dns" in capsys.readouterr().err
+
+
+def test_one_zonefile_for_several_relays_is_refused(tmp_path):
+    a, b = ini(tmp_path, "a.chat.invalid"), ini(tmp_path, "b.chat.invalid")
+    with pytest.raises(SystemExit, match="must contain {domain}"):
+        main(["--config", str(a), "--config", str(b), "dns", "--zonefile", "zone.txt"])
