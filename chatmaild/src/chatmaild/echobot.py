@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .config import Config, User, read_config
-from .fsutil import write_atomic
+from .fsutil import remove_stale_temporary_files, write_atomic
 from .hashing import hash_password, verify_password
 
 log = logging.getLogger("echobot")
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = read_config(opts.ini)
+    # Left by an earlier start killed while writing its password or invite.
+    remove_stale_temporary_files(opts.state_dir)
     password = load_password(config, opts.state_dir)
     if provision_only:
         provision_account(config, password)

@@ -9,7 +9,10 @@ Runs daily (systemd timer) as the mailbox owner. For every account directory:
   ``delete_mails_after`` days go, as do messages in ``cur/`` larger than 200000 bytes older
   than ``delete_large_after`` days;
 - then the oldest messages go until the mailbox is below 70 % of ``max_mailbox_size``
-  (never messages younger than 24 hours, see quota_expire.py).
+  (never messages younger than 24 hours, see quota_expire.py);
+- first of all, temporary files that a killed writer left at the top of the account
+  directory (``password.tmp-*``, ``metadata.json.tmp-*``, see fsutil.py) go once they are
+  ten minutes old, so an account whose creation was cut short can be removed as empty.
 
 Without ``--remove`` nothing is deleted (dry run). All ages compare POSIX timestamps
 (``time.time()`` with file mtimes), so the host's time zone plays no part.
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .config import Config, read_config
+from .fsutil import stale_temporary_files
 from .quota_expire import MESSAGE_DIRS, MessageFile, select_for_quota
 
 DAY = 86400
@@ -69,6 +73,7 @@ class Summary:
     removed_mailboxes: int = 0
     files: int = 0
     removed_files: int = 0
+    removed_temporary: int = 0
 
 
 class Expiry:
@@ -108,8 +113,14 @@ class Expiry:
 
     def run(self, maxnum: int | None = None) -> Summary:
         for path in self.account_dirs()[:maxnum]:
+            self.remove_stale_temporary(path)
             self.expire_mailbox(scan_mailbox(path))
         return self.summary
+
+    def remove_stale_temporary(self, path: Path) -> None:
+        for tmp in stale_temporary_files(path, self.now):
+            self._act(f"stale temporary file {tmp}", lambda tmp=tmp: tmp.unlink(missing_ok=True))
+            self.summary.removed_temporary += 1
 
     def expire_mailbox(self, box: Mailbox) -> None:
         s = self.summary

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .config import read_config
-from .fsutil import write_atomic
+from .fsutil import remove_stale_temporary_files, write_atomic
 
 CI_PREFIXES = ("ci-", "ac_")
 DEFAULT_INI = "/usr/local/lib/chatmaild/chatmail.ini"
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     if output:
         # nginx serves it: never a half-written page, readable by the web server.
         write_atomic(output, text, mode=0o644)
+        # What an earlier run killed in the middle of its write left beside it.
+        remove_stale_temporary_files(output.parent, prefix=output.name)
     else:
         sys.stdout.write(text)
 
