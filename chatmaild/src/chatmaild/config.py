@@ -114,6 +114,15 @@ def _url(text: str) -> str:
     return value
 
 
+def _dovecot_package(text: str) -> str:
+    if text not in ("patched", "stock"):
+        raise ValueError(
+            "expected 'patched' (Dovecot rebuilt without the 500 ms IDLE delay) "
+            "or 'stock' (Debian's package)"
+        )
+    return text
+
+
 def _forward_zones(text: str) -> tuple[tuple[str, str], ...]:
     zones = []
     for item in text.split():
@@ -172,6 +181,8 @@ _KEYS: dict[str, tuple] = {
     "disable_ipv6": (_bool, "false"),
     "imap_rawlog": (_bool, "false"),
     "imap_compress": (_bool, "false"),
+    "dovecot_package": (_dovecot_package, "patched"),
+    "dovecot_allow_outdated_source": (_bool, "false"),
     "iroh_relay": (_str, None),
     "mtail_address": (_str, None),
     "filtermail_smtp_port": (_port, "10080"),
@@ -219,6 +230,8 @@ class Config:
     disable_ipv6: bool
     imap_rawlog: bool
     imap_compress: bool
+    dovecot_package: str
+    dovecot_allow_outdated_source: bool
     iroh_relay: str | None
     mtail_address: str | None
     filtermail_smtp_port: int

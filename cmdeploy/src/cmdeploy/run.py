@@ -115,6 +115,19 @@ def version() -> str:
     return rev + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
 
 
+def prepare_dovecot(args, remote: Remote, config: Config) -> dict[str, str] | None:
+    """Pick (and build once, if needed) the Dovecot packages; None if that failed."""
+    from cmdeploy.dovecot.build import BuildError, SSHShell, prepare
+
+    try:
+        plan = prepare(config, SSHShell(remote), dry_run=args.dry_run,
+                       log=lambda m: print(m, flush=True))  # fmt: skip
+    except (BuildError, OSError, subprocess.SubprocessError) as e:
+        print(f"dovecot: {e}", file=sys.stderr)
+        return None
+    return plan.env()
+
+
 def run_deploy(args, config: Config) -> int:
     """Everything ``cmdeploy run`` does after parsing its arguments."""
     from cmdeploy.www import check_privacy
@@ -124,6 +137,9 @@ def run_deploy(args, config: Config) -> int:
     print(f"checking {remote.host} ...", flush=True)
     precheck(remote, config, skip_dns=args.skip_dns_check)
     started = time.monotonic()
+    dovecot_env = {} if args.website_only else prepare_dovecot(args, remote, config)
+    if dovecot_env is None:
+        return 1
     with tempfile.TemporaryDirectory(prefix="cmdeploy-") as tmp:
         tmp = Path(tmp)
         print("building chatmaild ...", flush=True)
@@ -137,6 +153,7 @@ def run_deploy(args, config: Config) -> int:
             "CHATMAIL_VERSION": version(),
             "CHATMAIL_DISABLE_MAIL": "1" if args.disable_mail else "",
             "CHATMAIL_WEBSITE_ONLY": "1" if args.website_only else "",
+            **dovecot_env,
         }
         argv = [
             str(Path(sys.executable).parent / "pyinfra"), "-y",

@@ -91,6 +91,16 @@ mail_domain = {mail_domain}
 # Allow IMAP COMPRESS (turns off hibernation of idle connections).
 #imap_compress = false
 
+# Which Dovecot to run: "patched" is Debian's own dovecot source rebuilt on the relay
+# (once, ~15 min; the .debs are cached on the deploying machine) without the 500 ms
+# delay before IDLE clients hear of new mail; "stock" is Debian's package as it is.
+#dovecot_package = patched
+
+# Only when the newest Debian dovecot source cannot be downloaded: build the patched
+# Dovecot from an older source anyway, below the security level of Debian's binaries.
+# Off by default: then the relay keeps (or gets) the stock package and the deploy says so.
+#dovecot_allow_outdated_source = false
+
 ## Web page
 
 # Folder with your own web page sources; empty uses the bundled www/ folder.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files as package_files
 from pathlib import Path
 
@@ -9,12 +10,31 @@ from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 
-from cmdeploy.deployer import Deployer
+from cmdeploy.deployer import Deployer, DeployError, as_file
+from cmdeploy.dovecot import build
 from cmdeploy.services.deployer import VENV
-
 
 SIEVE_DIR = "/etc/dovecot/chatmail"
 DEDUP_SCRIPT = f"{SIEVE_DIR}/dedup.sieve"
+
+# Keep the relay's own Dovecot config when a package ships a newer default one.
+APT_INSTALL = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
+               "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")  # fmt: skip
+
+
+def installed_versions() -> dict[str, str]:
+    """Installed version of each Dovecot package of ours (absent ones left out)."""
+    out = host.get_fact(
+        Command,
+        "dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n' "
+        + " ".join(build.PACKAGES) + " 2>/dev/null; true",
+    )  # fmt: skip
+    versions = {}
+    for line in (out or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2].startswith("ii"):
+            versions[fields[0]] = fields[1]
+    return versions
 
 
 class DovecotDeployer(Deployer):
@@ -22,9 +42,54 @@ class DovecotDeployer(Deployer):
     templates = Path(__file__).parent
 
     def install(self) -> None:
-        apt.packages(
-            name="dovecot: packages", packages=["dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve"]
-        )
+        # ``cmdeploy run`` decided (and built, if needed) before pyinfra: see build.prepare.
+        version = os.environ.get("CHATMAIL_DOVECOT_VERSION", "")
+        if version:
+            self._install_patched(build.check_version(version))
+        else:
+            self._install_stock()
+
+    def _install_patched(self, version: str) -> None:
+        files.put(name="dovecot: pin the patched packages", src=as_file(build.pin_text()),
+                  dest=build.PIN_PATH)  # fmt: skip
+        installed = installed_versions()
+        if all(installed.get(p) == version for p in build.PACKAGES):
+            return
+        if os.environ.get("CHATMAIL_DOVECOT_PENDING"):
+            return  # a dry run: the build comes first
+        local = os.environ.get("CHATMAIL_DOVECOT_DEBS", "")
+        if not local:
+            raise DeployError(f"no .debs of Dovecot {version} on this machine; run again")
+        arch = Path(local).parent.name
+        folder = f"{build.RELAY_DEBS}/{build.folder_name(version)}"
+        files.directory(name=f"dovecot: {folder}", path=folder)
+        debs = [build.deb_name(p, version, arch) for p in build.PACKAGES]
+        for name in debs:
+            files.put(name=f"dovecot: upload {name}", src=str(Path(local) / name),
+                      dest=f"{folder}/{name}")  # fmt: skip
+        self.track(server.shell(
+            name=f"dovecot: install {version}",
+            commands=[
+                f"cd {folder} && {APT_INSTALL} " + " ".join(f"./{d}" for d in debs),
+                # Only the installed build stays on the relay.
+                f"find {build.RELAY_DEBS} -mindepth 1 -maxdepth 1 ! -name "
+                f"'{build.folder_name(version)}' -exec rm -rf {{}} +",
+            ],
+        ))  # fmt: skip
+
+    def _install_stock(self) -> None:
+        files.file(name="dovecot: no pin (stock packages)", path=build.PIN_PATH, present=False)
+        installed = installed_versions()
+        if any(build.is_patched(v) for v in installed.values()):
+            madison = host.get_fact(Command, "apt-cache madison dovecot-core; true") or ""
+            state = build.parse_state(madison)
+            if not state.binary:
+                raise DeployError("apt offers no stock dovecot-core to replace the patched one")
+            stock = build.check_version(state.binary)
+            wanted = " ".join(f"{p}={stock}" for p in installed)
+            self.track(server.shell(name=f"dovecot: back to stock {stock}",
+                                    commands=[f"{APT_INSTALL} {wanted}"]))  # fmt: skip
+        self.track(apt.packages(name="dovecot: packages", packages=list(build.PACKAGES)))
 
     def configure(self) -> None:
         self.put_template("dovecot.conf.j2", "/etc/dovecot/dovecot.conf", venv=VENV)

@@ -1,0 +1,256 @@
+"""The patched-Dovecot build: versions, pin, cache, and which Dovecot a relay gets."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import types
+
+import pytest
+from chatmaild.config import ConfigError, parse_config
+
+from cmdeploy.dovecot import build
+
+U6 = "1:2.3.19.1+dfsg1-2.1+deb12u6"
+U7 = "1:2.3.19.1+dfsg1-2.1+deb12u7"
+U8 = "1:2.3.19.1+dfsg1-2.1+deb12u8"
+
+PAIRS = [
+    (U6, U7, -1),
+    (U7, U7, 0),
+    (build.patched_version(U6), U6, 1),
+    (build.patched_version(U6), U7, -1),
+    (build.patched_version(U7), U7, 1),
+    (build.patched_version(U7), U8, -1),
+    ("1.0~rc1", "1.0", -1),
+    ("1.0", "1.0-1", -1),
+    ("2.3.19.1", "1:2.3.19.1", -1),
+    ("1.10", "1.9", 1),
+    ("1.0a", "1.0+", -1),
+    ("1.0-2", "1.0-10", -1),
+    ("1.001", "1.1", 0),
+    ("1.0.", "1.0", 1),
+    ("0:1.0", "1.0", 0),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), PAIRS)
+def test_compare_versions(a, b, expected):
+    assert build.compare_versions(a, b) == expected
+    assert build.compare_versions(b, a) == -expected
+
+
+def test_compare_versions_agrees_with_dpkg():
+    dpkg = shutil.which("dpkg")
+    assert dpkg, "dpkg is part of every Debian machine this project runs on"
+    for a, b, _ in PAIRS:
+        for op, want in (("lt", -1), ("eq", 0), ("gt", 1)):
+            rc = subprocess.run([dpkg, "--compare-versions", a, op, b]).returncode
+            assert (rc == 0) == (build.compare_versions(a, b) == want), (a, op, b)
+
+
+def test_suffix_sorts_between_source_and_next_update():
+    v = build.patched_version(U7)
+    assert v == U7 + "+chatmail1"
+    assert build.is_patched(v) and not build.is_patched(U7)
+    assert build.deb_name("dovecot-core", v, "amd64") == (
+        "dovecot-core_2.3.19.1+dfsg1-2.1+deb12u7+chatmail1_amd64.deb"
+    )
+
+
+def test_pin_blocks_every_dovecot_package_from_every_source():
+    lines = [x for x in build.pin_text().splitlines() if x and not x.startswith("#")]
+    assert lines == ["Package: dovecot-*", "Pin: version *", "Pin-Priority: -1"]
+
+
+def test_sources_are_signed_and_include_security():
+    text = build.sources_text()
+    assert text.count("Types: deb-src") == 2
+    assert text.count("Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg") == 2
+    assert "Suites: bookworm-security" in text
+
+
+def _fill(root, arch, version, packages=build.PACKAGES):
+    folder = build.cache_dir(arch, version, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in packages:
+        (folder / build.deb_name(p, version, arch)).write_bytes(b"deb")
+    return folder
+
+
+def test_cache_is_keyed_by_arch_and_version(tmp_path):
+    v6, v7 = build.patched_version(U6), build.patched_version(U7)
+    folder = _fill(tmp_path, "amd64", v6)
+    assert folder == tmp_path / "amd64" / "2.3.19.1+dfsg1-2.1+deb12u6+chatmail1"
+    assert build.cached_debs("amd64", v6, tmp_path) == folder
+    assert build.cached_debs("arm64", v6, tmp_path) is None
+    assert build.cached_debs("amd64", v7, tmp_path) is None
+    _fill(tmp_path, "amd64", v7, packages=build.PACKAGES[:3])
+    assert build.cached_debs("amd64", v7, tmp_path) is None, "dovecot-sieve missing"
+
+
+def test_cache_lives_outside_the_clone(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert build.cache_root() == tmp_path / "cmdeploy" / "dovecot"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert ".cache/cmdeploy/dovecot" in str(build.cache_root())
+
+
+def never(_):
+    raise AssertionError("must not be called")
+
+
+def test_choose_builds_the_newest_source():
+    tried = []
+    c = build.choose([U6, U7], U7, False, lambda v: False, lambda v: tried.append(v) or True)
+    assert (c.source, c.build, tried) == (U7, True, [U7])
+    assert c.version == U7 + "+chatmail1"
+
+
+def test_choose_uses_a_cached_build_without_fetching():
+    c = build.choose([U6, U7], U7, False, lambda v: v == U7, never)
+    assert (c.source, c.build) == (U7, False)
+
+
+def test_choose_rebuilds_when_debian_has_a_newer_source():
+    # The build of u7 is cached, but Debian now offers u8: build u8.
+    c = build.choose([U7, U8], U8, False, lambda v: v == U7, lambda v: True)
+    assert (c.source, c.build) == (U8, True)
+
+
+def test_choose_keeps_stock_when_the_newest_source_is_missing():
+    tried = []
+    c = build.choose([U6, U7], U7, False, lambda v: v == U6, lambda v: tried.append(v) and False)
+    assert c.source is None and not c.build
+    assert tried == [U7], "the older source is not even tried without the override"
+    assert "cannot be downloaded" in c.note and "dovecot_allow_outdated_source" in c.note
+
+
+def test_choose_builds_the_older_source_only_with_the_override():
+    c = build.choose([U6, U7], U7, True, lambda v: False, lambda v: v == U6)
+    assert (c.source, c.build) == (U6, True)
+    assert "dovecot_allow_outdated_source" in c.note
+    c = build.choose([U6, U7], U7, True, lambda v: v == U6, lambda v: False)
+    assert (c.source, c.build) == (U6, False), "the cached older build is reused"
+
+
+def test_choose_never_ships_below_the_binary_without_the_override():
+    # Only the older source is listed at all, the binaries are newer.
+    c = build.choose([U6], U7, False, never, never)
+    assert c.source is None and "older than the binary" in c.note
+    c = build.choose([U6], U7, True, lambda v: False, lambda v: True)
+    assert c.source == U6
+
+
+def test_choose_without_sources():
+    c = build.choose([], U7, True, never, never)
+    assert c.source is None and "deb-src" in c.note
+
+
+MADISON = f"""arch amd64
+   dovecot | {U6} | http://deb.debian.org/debian bookworm/main Sources
+   dovecot | {U7} | http://deb.debian.org/debian-security bookworm-security/main Sources
+dovecot-core | {U7} | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+dovecot-core | {U6} | http://deb.debian.org/debian bookworm/main amd64 Packages
+installed dovecot-core {U6}+chatmail1 ii
+installed dovecot-imapd {U6}+chatmail1 ii
+installed dovecot-sieve {U6} rc
+"""
+
+
+def test_parse_state():
+    s = build.parse_state(MADISON)
+    assert s.arch == "amd64"
+    assert sorted(s.sources) == [U6, U7]
+    assert s.binary == U7
+    assert s.installed == {"dovecot-core": U6 + "+chatmail1", "dovecot-imapd": U6 + "+chatmail1"}
+
+
+def test_build_script_patches_builds_and_cleans_up():
+    script = build.build_script(U6, "amd64")
+    assert f"apt-get build-dep -y -q -o APT::Install-Recommends=false dovecot={U6}" in script
+    assert f"echo {build.PATCH.name} >> debian/patches/series" in script
+    assert f"dovecot ({U6}+chatmail1) bookworm" in script
+    assert 'DEB_BUILD_OPTIONS="nocheck parallel=$(nproc)" dpkg-buildpackage -b -uc -us' in script
+    assert "comm -13 $W/before $W/after" in script and "apt-get purge" in script
+    assert "trap finish EXIT" in script and "rm -rf $W/src" in script
+    for p in build.PACKAGES:
+        assert build.deb_name(p, U6 + "+chatmail1", "amd64") in script
+    bash = shutil.which("bash")
+    assert subprocess.run([bash, "-n"], input=script, text=True).returncode == 0
+
+
+def test_patch_removes_exactly_the_delay():
+    text = build.PATCH.read_text()
+    removed = [x for x in text.splitlines() if x.startswith("-") and not x.startswith("---")]
+    files = [x.split()[1] for x in text.splitlines() if x.startswith("+++ ")]
+    assert files == [
+        "b/src/lib-storage/mailbox-watch.c",
+        "b/src/lib-storage/mail-storage-private.h",
+    ]
+    assert "-#define NOTIFY_DELAY_MSECS 500" in removed
+    assert "-\tstruct timeout *to_notify, *to_notify_delay;" in removed
+    assert "to_notify_delay" not in "".join(x for x in text.splitlines() if x.startswith("+"))
+
+
+class FakeShell:
+    """The relay as seen by prepare(): canned answers, records the commands."""
+
+    def __init__(self, out: str, fetch_ok: bool):
+        self.out, self.fetch_ok, self.commands = out, fetch_ok, []
+
+    def sh(self, command, timeout=120):
+        self.commands.append(command)
+        ok = self.fetch_ok or "apt-get source" not in command
+        return types.SimpleNamespace(returncode=0 if ok else 100, stdout=self.out, stderr="")
+
+    def read(self, path):
+        raise AssertionError(path)
+
+
+def config(**keys):
+    extra = "".join(f"{k} = {v}\n" for k, v in keys.items())
+    return parse_config(f"[params]\nmail_domain = chat.example.org\n{extra}")
+
+
+def test_prepare_stock_asks_nothing():
+    shell, logs = FakeShell("", True), []
+    plan = build.prepare(config(dovecot_package="stock"), shell, log=logs.append)
+    assert plan == build.Plan() and shell.commands == []
+    assert plan.env()["CHATMAIL_DOVECOT_VERSION"] == ""
+
+
+def test_prepare_falls_back_to_stock_and_says_so(tmp_path):
+    shell, logs = FakeShell(MADISON, fetch_ok=False), []
+    plan = build.prepare(config(), shell, log=logs.append, root=tmp_path)
+    assert plan.version is None
+    assert logs and logs[0].startswith("WARNING: dovecot:") and "stock" in logs[0]
+    first = shell.commands[0]
+    assert first.index(build.PIN_PATH) < first.index("apt-get update"), "pin before apt"
+
+
+def test_prepare_uses_the_cache(tmp_path):
+    v6 = U6 + "+chatmail1"
+    folder = _fill(tmp_path, "amd64", v6)
+    shell, logs = FakeShell(MADISON, fetch_ok=False), []
+    plan = build.prepare(config(dovecot_allow_outdated_source="true"), shell, log=logs.append,
+                         root=tmp_path)  # fmt: skip
+    assert plan == build.Plan(v6, folder)
+    assert plan.env()["CHATMAIL_DOVECOT_DEBS"] == str(folder)
+    assert not any("build.sh" in c for c in shell.commands)
+
+
+def test_prepare_dry_run_changes_nothing(tmp_path):
+    shell, logs = FakeShell(MADISON, fetch_ok=True), []
+    plan = build.prepare(config(), shell, dry_run=True, log=logs.append, root=tmp_path)
+    assert plan.pending and plan.version == U7 + "+chatmail1"
+    assert "would try" in logs[0]
+    assert len(shell.commands) == 1 and "apt-get update" not in shell.commands[0]
+
+
+def test_config_keys():
+    assert config().dovecot_package == "patched"
+    assert config().dovecot_allow_outdated_source is False
+    assert config(dovecot_package="stock").dovecot_package == "stock"
+    with pytest.raises(ConfigError, match="dovecot_package.*'patched'.*'stock'"):
+        config(dovecot_package="fast")
