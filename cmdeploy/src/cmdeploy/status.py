@@ -225,6 +225,9 @@ def status_cmd(args) -> int:
     print(f"certificate expires: {cert or 'unknown (no certificate?)'}")
     print(f"mail queue: {report.extras.get('queue', '?')} message(s)")
     print(f"deployed version: {report.extras.get('version') or 'unknown'}")
+    from cmdeploy.dovecot.build import SSHShell, status_line
+
+    print(status_line(SSHShell(remote)))
     problem = down_message(results)
     if problem:
         return fail(problem)

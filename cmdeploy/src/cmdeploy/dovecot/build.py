@@ -319,6 +319,28 @@ def parse_state(out: str) -> RelayState:
     return RelayState(arch, sources, newest(binaries), installed)
 
 
+def describe(state: RelayState) -> str:
+    """One line for ``cmdeploy status``: the installed Dovecot and whether Debian has newer."""
+    core = state.installed.get("dovecot-core")
+    if not core:
+        return "dovecot: not installed"
+    kind = "patched, without the IDLE delay" if is_patched(core) else "Debian's stock package"
+    line = f"dovecot: {core} ({kind})"
+    base = core.removesuffix(SUFFIX) if is_patched(core) else core
+    top = newest(state.sources + ([state.binary] if state.binary else []))
+    if top and compare_versions(top, base) > 0:
+        line += f"; Debian has {top}: 'cmdeploy run' updates it"
+    return line
+
+
+def status_line(shell: Shell) -> str:
+    """:func:`describe` for the relay, from its current apt lists (changes nothing)."""
+    try:
+        return describe(query(shell, update=False))
+    except (BuildError, OSError, subprocess.SubprocessError) as e:
+        return f"dovecot: version unknown ({e})"
+
+
 def build_script(source: str, arch: str) -> str:
     """The shell script that builds on the relay, leaving only the .debs behind.
 

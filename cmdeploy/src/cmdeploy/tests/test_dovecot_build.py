@@ -166,6 +166,18 @@ def test_parse_state():
     assert s.installed == {"dovecot-core": U6 + "+chatmail1", "dovecot-imapd": U6 + "+chatmail1"}
 
 
+def test_describe_names_the_build_and_newer_debian_versions():
+    s = build.parse_state(MADISON)
+    line = build.describe(s)
+    assert line.startswith(f"dovecot: {U6}+chatmail1 (patched")
+    assert f"Debian has {U7}" in line
+    current = build.RelayState("amd64", [U7], U7, {"dovecot-core": U7 + "+chatmail1"})
+    assert "Debian has" not in build.describe(current)
+    stock = build.RelayState("amd64", [U6], U7, {"dovecot-core": U7})
+    assert build.describe(stock) == f"dovecot: {U7} (Debian's stock package)"
+    assert build.describe(build.RelayState("amd64", [], None, {})) == "dovecot: not installed"
+
+
 def test_build_script_patches_builds_and_cleans_up():
     script = build.build_script(U6, "amd64")
     assert f"apt-get build-dep -y -q -o APT::Install-Recommends=false dovecot={U6}" in script

@@ -1,0 +1,126 @@
+"""The patched Dovecot on a deployed lab relay: installed from the cached build, pinned, no
+build leftovers, and IDLE clients told of new mail without the stock 500 ms delay.
+
+The first-ever deploy on a machine builds the packages on the relay (~15 min) and caches
+them (``~/.cache/cmdeploy/dovecot``); every later deploy, this test's included, uploads them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from cmdeploy.dovecot import build
+from cmdeploy.lab.relay import deploy, lab_relay, write_config
+from cmdeploy.tests.lab.probes import call
+from cmdeploy.tests.lab.test_relay_deploy import changed_operations
+
+pytestmark = pytest.mark.lab
+
+# Build leftovers a purge must have removed: the compiler, the packaging tools, one -dev.
+BUILD_ONLY = ["gcc", "dpkg-dev", "libssl-dev", "debhelper"]
+
+
+@pytest.fixture(scope="module")
+def relay(lab, tmp_path_factory):
+    r = lab_relay(lab, "relay1", tmp_path_factory.mktemp("dovecot-relays"))
+    built = re.search(r"dovecot: built (\S+) in (\d+)s", r.deploy_logs[0])
+    if built:
+        print(f"\nbuilt Dovecot {built.group(1)} on the relay in {built.group(2)} s")
+    return r
+
+
+def installed(lab, relay) -> dict[str, str]:
+    out = lab.ssh_run(relay.name, "dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n' "
+                      + " ".join(build.PACKAGES), check=False).stdout  # fmt: skip
+    return {f[0]: f[1] for f in (x.split() for x in out.splitlines()) if f[2].startswith("ii")}
+
+
+def idle_latency_ms(lab, relay, n: int = 10) -> list[float]:
+    """SMTP 250 -> ``* N EXISTS`` for ``n`` messages to a client in IDLE (lab client ns)."""
+    code = f"""
+import json
+from cmdeploy import idleclients, loadgen
+d = {relay.domain!r}
+senders = loadgen.accounts(d, 2, prefix="dvs")
+rcpt = loadgen.accounts(d, 1, prefix="dvr")[0]
+errors = loadgen.create_accounts(d, senders + [rcpt])
+assert not errors, errors
+print(json.dumps(idleclients.measure_latency(d, d, senders, rcpt, n={n}, per_sender=5)))
+"""
+    proc = lab.client_ns_python(code, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sorted(s * 1000 for s in json.loads(proc.stdout.splitlines()[-1]))
+
+
+def median(values: list[float]) -> float:
+    return values[len(values) // 2]
+
+
+def test_the_four_packages_are_the_patched_build(lab, relay):
+    versions = installed(lab, relay)
+    assert sorted(versions) == sorted(build.PACKAGES)
+    (version,) = set(versions.values())
+    print(f"\ninstalled Dovecot {version}")
+    assert version.endswith(build.SUFFIX)
+
+
+def test_pinned_against_apt_upgrade(lab, relay):
+    pin = lab.ssh_run(relay.name, f"cat {build.PIN_PATH}").stdout
+    assert pin == build.pin_text()
+    sim = lab.ssh_run(relay.name, "apt-get -s -o Debug::NoLocking=1 upgrade").stdout
+    assert not [x for x in sim.splitlines() if re.match(r"(Inst|Conf|Remv) dovecot-", x)], sim
+
+
+def test_no_build_leftovers(lab, relay):
+    out = lab.ssh_run(relay.name, "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' "
+                      + " ".join(BUILD_ONLY) + " 2>/dev/null; true").stdout  # fmt: skip
+    left = [x.split()[0] for x in out.splitlines() if len(x.split()) > 1 and x.split()[1] == "ii"]
+    assert left == [], f"build dependencies still installed: {left}"
+    assert lab.ssh_run(relay.name, f"test -e {build.BUILD_DIR}", check=False).returncode == 1
+
+
+def test_doveconf_ok_and_imap_answers(lab, relay):
+    lab.ssh_run(relay.name, "doveconf -n > /dev/null")
+    out = call(lab, "imap_login", host=relay.domain, user=f"dvlogin01@{relay.domain}",
+               password="password123")  # fmt: skip
+    assert out.get("ok"), out
+
+
+def test_second_deploy_changes_nothing(lab, relay):
+    proc = deploy(lab, relay)
+    log = proc.stdout + proc.stderr
+    assert "building Dovecot" not in log
+    assert changed_operations(log) == []
+
+
+def test_idle_exists_without_the_delay_then_stock_then_back(lab, relay):
+    fast = idle_latency_ms(lab, relay)
+    print(
+        f"\npatched Dovecot: SMTP 250 -> IDLE EXISTS median {median(fast):.1f} ms, "
+        f"max {fast[-1]:.1f} ms (n={len(fast)})"
+    )
+    assert median(fast) < 250
+
+    write_config(lab, relay, {"dovecot_package": "stock"})
+    deploy(lab, relay)
+    try:
+        versions = installed(lab, relay)
+        assert not any(build.is_patched(v) for v in versions.values()), versions
+        assert lab.ssh_run(relay.name, f"test -e {build.PIN_PATH}", check=False).returncode == 1
+        slow = idle_latency_ms(lab, relay)
+        print(
+            f"stock Dovecot {versions['dovecot-core']}: median {median(slow):.1f} ms, "
+            f"max {slow[-1]:.1f} ms (n={len(slow)})"
+        )
+        assert median(slow) >= 450
+    finally:
+        write_config(lab, relay)
+        proc = deploy(lab, relay)
+    assert "building Dovecot" not in proc.stdout, "back to patched from the cache"
+    assert all(v.endswith(build.SUFFIX) for v in installed(lab, relay).values())
+    again = idle_latency_ms(lab, relay, n=5)
+    print(f"patched again: median {median(again):.1f} ms")
+    assert median(again) < 250
