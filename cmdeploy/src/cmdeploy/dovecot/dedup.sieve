@@ -2,8 +2,9 @@
 # A retry of a message that was already stored (a crash between storing and the 250 reaching
 # the sender, or a client that resends after a lost reply) is dropped here. Key: envelope
 # sender + Message-ID, so nobody can suppress another sender's message by reusing its
-# Message-ID; tracked per recipient for one hour. Without a Message-ID the test is skipped
-# and the message is stored. Written by cmdeploy; compiled at deploy with sievec.
+# Message-ID. Tracked per recipient for two hours: chatmail relays retry at most 60 s apart,
+# and Postfix elsewhere at most 4000 s apart (maximal_backoff_time). Without a Message-ID
+# the test is skipped and the message is stored. Written by cmdeploy; compiled at deploy.
 require ["duplicate", "variables", "envelope"];
 
 if header :matches "Message-ID" "?*" {
@@ -12,7 +13,7 @@ if header :matches "Message-ID" "?*" {
   if envelope :matches "from" "*" {
     set "from" "${1}";
   }
-  if duplicate :uniqueid "${from} ${mid}" :seconds 3600 {
+  if duplicate :uniqueid "${from} ${mid}" :seconds 7200 {
     discard;
     stop;
   }
