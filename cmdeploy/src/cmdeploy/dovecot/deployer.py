@@ -109,7 +109,10 @@ class DovecotDeployer(Deployer):
         script = self.put_text((self.templates / "dedup.sieve").read_text(), DEDUP_SCRIPT)
         compiled = DEDUP_SCRIPT.removesuffix(".sieve") + ".svbin"
         fresh = host.get_fact(Command, f"[ {compiled} -nt {DEDUP_SCRIPT} ] && echo fresh; true")
-        server.shell(name="dovecot: compile dedup.sieve", commands=[f"sievec {DEDUP_SCRIPT}"],
+        # With no config: the relay's (TLS files, sockets) need not be in place yet, and it
+        # enables no other Sieve extensions than the defaults this script uses.
+        server.shell(name="dovecot: compile dedup.sieve",
+                     commands=[f"sievec -c /dev/null {DEDUP_SCRIPT}"],
                      _if=lambda: script.did_change() or fresh != "fresh")  # fmt: skip
 
     def activate(self) -> None:
