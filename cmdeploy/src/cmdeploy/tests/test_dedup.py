@@ -56,7 +56,9 @@ class DedupDovecot(DovecotInstance):
         self.script.parent.mkdir(exist_ok=True)
         self.script.write_text(self.script_text)
         # As at deploy: compiled beside the script, so LMTP never needs to write there.
-        subprocess.run(["sievec", str(self.script)], check=True, capture_output=True)
+        subprocess.run(
+            ["sievec", "-c", "/dev/null", str(self.script)], check=True, capture_output=True
+        )
         for path in (self.script.parent, *self.script.parent.iterdir()):
             path.chmod(0o755 if path.is_dir() else 0o644)
         return super()._extra_conf() + SIEVE_CONF.format(script=self.script)
