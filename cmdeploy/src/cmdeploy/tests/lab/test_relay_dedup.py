@@ -75,8 +75,8 @@ def has(*tokens: str):
 
 
 def without_message_id(msg: bytes) -> bytes:
-    """Postfix gives a submitted message without one a Message-ID of its own: each resend
-    is then a new message and must be delivered."""
+    """``msg`` without its Message-ID: nothing to tell a resend by, so each is delivered
+    (also if Postfix adds a Message-ID of its own on the way)."""
     head, sep, body = msg.partition(b"\r\n\r\n")
     lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"message-id:")]
     return b"\r\n".join(lines) + sep + body
