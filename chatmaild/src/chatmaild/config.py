@@ -155,6 +155,8 @@ def _cert_and_key(text: str) -> tuple[Path, Path] | None:
     return cert, key
 
 
+LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
 # key -> (parser, default as ini text); a None default means "absent unless set".
 _KEYS: dict[str, tuple] = {
     "mail_domain": (_domain, None),
@@ -178,6 +180,8 @@ _KEYS: dict[str, tuple] = {
     "tls_external_cert_and_key": (_cert_and_key, ""),
     "www_folder": (_str, ""),
     "acme_email": (_str, ""),
+    "acme_directory_url": (_url, LETSENCRYPT_DIRECTORY),
+    "acme_ca_file": (_str, ""),
     "disable_ipv6": (_bool, "false"),
     "imap_rawlog": (_bool, "false"),
     "imap_compress": (_bool, "false"),
@@ -227,6 +231,8 @@ class Config:
     tls_external_cert_and_key: tuple[Path, Path] | None
     www_folder: str
     acme_email: str
+    acme_directory_url: str
+    acme_ca_file: str
     disable_ipv6: bool
     imap_rawlog: bool
     imap_compress: bool

@@ -19,7 +19,7 @@ import dns.name
 import dns.query
 import dns.rdatatype
 import dns.resolver
-from chatmaild.config import Config
+from chatmaild.config import LETSENCRYPT_DIRECTORY, Config
 
 from cmdeploy.remote import Remote, RemoteError
 
@@ -74,7 +74,9 @@ def records(config: Config, facts: RelayFacts) -> list[Record]:
         (f"_imap._tcp.{d}", "SRV", f"0 1 143 {d}"),
         (f"_imaps._tcp.{d}", "SRV", f"0 1 993 {d}"),
     ]
-    if facts.acme_account_url:
+    # The CAA issuer name is known for Let's Encrypt only; another ACME server's would be
+    # a guess, and a wrong one makes every CA that checks CAA refuse the domain.
+    if facts.acme_account_url and config.acme_directory_url == LETSENCRYPT_DIRECTORY:
         rec.append((d, "CAA", f'0 issue "letsencrypt.org;accounturi={facts.acme_account_url}"'))
     return [Record(*r, required=True) for r in req] + [Record(*r, required=False) for r in rec]
 

@@ -77,6 +77,14 @@ mail_domain = {mail_domain}
 # Contact address for the Let's Encrypt account.
 #acme_email =
 
+# ACME server that issues the certificate (default: Let's Encrypt production).
+#acme_directory_url = https://acme-v02.api.letsencrypt.org/directory
+
+# PEM file on the deploying machine (relative paths: from this file's directory) with CA
+# certificates the relay trusts in addition to the system ones: the CA of a private ACME
+# server and the roots it issues from. Empty: only the system CAs.
+#acme_ca_file =
+
 # Listen on IPv4 only.
 #disable_ipv6 = false
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import dns, forward, host, net, proxy
+from . import acme, dns, forward, host, net, proxy
 from .base import ensure_base
 from .packages import install_missing
 from .util import LabError, Progress, is_alive, proc_start_time, run, spawn_daemon, stop_process
@@ -28,7 +28,7 @@ NS_NAME = dns.NS_NAME
 STATE_DIR = Path(os.environ.get("CMLAB_STATE_DIR", "/var/lib/chatmail-lab"))
 CACHE_DIR = Path(os.environ.get("CMLAB_CACHE_DIR", "/var/cache/chatmail-lab"))
 # The programs the lab runs on this machine, each with an argument naming the state dir.
-DAEMONS = ("systemd-nspawn", "dnsmasq", "tinyproxy")
+DAEMONS = ("systemd-nspawn", "dnsmasq", "tinyproxy", "pebble")
 # Dovecot needs one inotify instance per IDLE mailbox, all as user vmail (lab-facts 11, 16).
 INOTIFY_MIN = {
     "fs/inotify/max_user_instances": 65536,
@@ -167,6 +167,7 @@ class Lab:
                 self._save(state)
                 raise LabError("; ".join(errors))
             shutil.rmtree(self.zone_dir, ignore_errors=True)
+            shutil.rmtree(self.state_dir / "acme", ignore_errors=True)
             shutil.rmtree(self.hosts_dir, ignore_errors=True)
             for f in ("known_hosts", "ssh_config", "dnsmasq.conf", "tinyproxy.conf"):
                 (self.state_dir / f).unlink(missing_ok=True)
@@ -196,6 +197,32 @@ class Lab:
                 port = forward.local_port(h.index, service)
                 self._wait_ready(key, state, lambda port=port: _tcp_open(forward.LOOPBACK, port))
         return {service: forward.local_port(h.index, service) for service in forward.PORTS}
+
+    def acme_server(self) -> acme.AcmeServer:
+        """Start the lab's ACME CA (pebble, see lab.acme) if it does not run; idempotent.
+
+        `down` stops it and removes its files; a new start has a new issuing root.
+        """
+        workdir = self.state_dir / "acme"
+        with self._locked():
+            state = self._load()
+            if "dnsmasq" not in state["procs"]:
+                raise LabError("the lab is not up: run `cmdeploy lab up` first")
+            rec = state["procs"].get("pebble")
+            if not (rec and is_alive(rec["pid"], rec["start"])):
+                acme.make_api_cert(workdir, self.dns_ip)
+                argv = acme.pebble_argv(workdir, self.dns_ip)
+                state["procs"]["pebble"] = spawn_daemon(argv, self.log_dir / "pebble.log")
+                self._save(state)
+                self._wait_ready(
+                    "pebble", state, lambda: _tcp_open(self.dns_ip, acme.MANAGEMENT_PORT)
+                )
+                root = acme.fetch_root(workdir, self.dns_ip)
+                acme.write_bundle(workdir, root)
+            root = acme.fetch_root(workdir, self.dns_ip)
+        return acme.AcmeServer(
+            acme.directory_url(self.dns_ip), workdir / "ca-bundle.pem", root_pem=root
+        )
 
     def reboot(self, name: str, hard: bool = False) -> dict:
         """Reboot a host on its own root: `systemctl reboot` inside, or a power cut if `hard`.

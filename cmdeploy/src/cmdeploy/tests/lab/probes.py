@@ -11,6 +11,7 @@ import imaplib
 import json
 import signal
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
@@ -113,6 +114,40 @@ def http_get(url) -> dict:
     conn.request("GET", u.path or "/")
     resp = conn.getresponse()
     return {"status": resp.status, "location": resp.getheader("Location")}
+
+
+def served_cert(host, port, cafile, starttls=None, server_name=None) -> dict:
+    """The certificate a port serves, verified against ``cafile`` for ``server_name``.
+
+    ``starttls`` is "smtp" or "imap" for ports that start in cleartext. Returns the serial
+    (hex) and expiry, or the verification error.
+    """
+    ctx = ssl.create_default_context(cafile=cafile)
+    name = server_name or host
+    try:
+        if starttls == "smtp":
+            conn = smtplib.SMTP(host, port, timeout=20)
+            conn.ehlo()
+            conn._host = name  # smtplib verifies the name it connected to
+            conn.starttls(context=ctx)
+            tls = conn.sock
+        elif starttls == "imap":
+            conn = imaplib.IMAP4(host, port, timeout=20)
+            conn.host = name
+            conn.starttls(ssl_context=ctx)
+            tls = conn.sock
+        else:
+            if port == 443:
+                ctx.set_alpn_protocols(["http/1.1"])
+            raw = socket.create_connection((host, port), timeout=20)
+            tls = ctx.wrap_socket(raw, server_hostname=name)
+            conn = tls
+        cert = tls.getpeercert()
+        conn.close()
+    except (ssl.SSLError, OSError, smtplib.SMTPException, imaplib.IMAP4.error) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {"serial": cert["serialNumber"], "not_after": cert["notAfter"],
+            "issuer": dict(x[0] for x in cert["issuer"]).get("commonName", "")}  # fmt: skip
 
 
 def _read_replies(conn, want: int, timeout: float) -> tuple[list[str], bool]:

@@ -1,0 +1,233 @@
+"""Relays with ordinary domain names and real certificates, in the lab.
+
+Two relays (``relay1.lab``, ``relay2.lab`` in the hosts relay1 and relay2) get their
+certificates from the lab's ACME CA (pebble, lab.acme) through the deploy code a real
+server runs; only ``acme_directory_url`` and ``acme_ca_file`` point at the lab. Then relay2
+switches to an operator-supplied certificate (``tls_external_cert_and_key``).
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import re
+import subprocess
+import time
+from datetime import UTC, datetime
+
+import pytest
+from chatmaild.tests import mailgen
+
+from cmdeploy.lab.relay import LabRelay, cmdeploy, deploy, publish_zone, write_config
+from cmdeploy.tests.lab.probes import call
+
+pytestmark = pytest.mark.lab
+
+PASSWORD = "password123"
+# Every TLS port of a relay: (port, STARTTLS protocol or None).
+PORTS = [(443, None), (465, None), (587, "smtp"), (993, None), (143, "imap")]
+
+
+def ordinary_name(lab, name: str) -> str:
+    """The lab host's domain without the leading underscore: a name for a real certificate."""
+    return lab.host(name).domain.lstrip("_")
+
+
+def initial_zone(domain: str, ip: str) -> str:
+    """What must resolve before the first deploy: the names the certificate is asked for."""
+    names = [domain, f"www.{domain}", f"mta-sts.{domain}"]
+    return "".join(f"{n}. 3600 IN A {ip}\n" for n in names) + f"{domain}. 3600 IN MX 10 {domain}.\n"
+
+
+def acme_relay(lab, name: str, workdir, overrides: dict) -> LabRelay:
+    h = lab.host(name)
+    relay = LabRelay(name=h.name, domain=ordinary_name(lab, name), ip=h.ip, workdir=workdir / name)
+    write_config(lab, relay, overrides)
+    lab.load_zone(relay.domain, initial_zone(relay.domain, relay.ip))
+    deploy(lab, relay, "--ssh-host", h.name)
+    publish_zone(lab, relay, ssh_host=h.name)
+    return relay
+
+
+@pytest.fixture(scope="module")
+def acme(lab):
+    return lab.acme_server()
+
+
+@pytest.fixture(scope="module")
+def root_file(acme, tmp_path_factory):
+    """Pebble's issuing root alone: what a verifying client needs (the relay sends the rest)."""
+    path = tmp_path_factory.mktemp("acme") / "pebble-root.pem"
+    path.write_text(acme.root_pem)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def relays(lab, acme, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("acme-relays")
+    settings = {"acme_directory_url": acme.directory_url, "acme_ca_file": str(acme.ca_file)}
+    return [acme_relay(lab, name, workdir, settings) for name in ("relay1", "relay2")]
+
+
+def served(lab, relay, cafile: str) -> dict[int, dict]:
+    return {
+        port: call(lab, "served_cert", host=relay.domain, port=port, cafile=cafile, starttls=tls)
+        for port, tls in PORTS
+    }
+
+
+def serials(result: dict[int, dict]) -> set[str]:
+    return {r.get("serial", r.get("error")) for r in result.values()}
+
+
+def wait_for_new_serial(lab, relay, cafile: str, old: set[str], timeout: float = 90) -> dict:
+    """Poll every port until none serves a serial of ``old``; return the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = served(lab, relay, cafile)
+        if all(r.get("serial") and r["serial"] not in old for r in now.values()):
+            return now
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout}s {relay.domain} still serves {now}")
+        time.sleep(1)
+
+
+def ssh(lab, relay, command: str) -> str:
+    return lab.ssh_run(relay.name, command).stdout
+
+
+def test_certificate_is_issued_and_served_verified_on_every_port(lab, relays, root_file):
+    for relay in relays:
+        result = served(lab, relay, root_file)
+        assert all("serial" in r for r in result.values()), result
+        assert len(serials(result)) == 1, result  # one certificate on every port
+        assert all(r["issuer"].startswith("Pebble Intermediate CA") for r in result.values())
+        # The web aliases are in the certificate too (HTTPS with their names).
+        for alias in (f"www.{relay.domain}", f"mta-sts.{relay.domain}"):
+            alias_cert = call(lab, "served_cert", host=relay.domain, port=443, cafile=root_file,
+                              server_name=alias)  # fmt: skip
+            assert alias_cert.get("serial") in serials(result), alias_cert
+        print(f"{relay.domain}: deploy with issuance {relay.deploy_seconds[0]:.0f}s")
+
+
+def test_an_untrusted_ca_does_not_verify(lab, relays, tmp_path):
+    """The check above can fail: the system CAs of this machine do not know the lab CA."""
+    result = call(lab, "served_cert", host=relays[0].domain, port=993,
+                  cafile="/etc/ssl/certs/ca-certificates.crt")  # fmt: skip
+    assert "CERTIFICATE_VERIFY_FAILED" in result.get("error", ""), result
+
+
+def test_status_shows_the_certificate_expiry(lab, relays, root_file):
+    for relay in relays:
+        out = cmdeploy(lab, relay, "status", "--ssh-host", relay.name).stdout
+        m = re.search(r"^certificate expires: (.+)$", out, re.M)
+        assert m, out
+        shown = datetime.strptime(m.group(1).strip(), "%b %d %H:%M:%S %Y %Z")
+        served_993 = call(lab, "served_cert", host=relay.domain, port=993, cafile=root_file)
+        expected = datetime.strptime(served_993["not_after"], "%b %d %H:%M:%S %Y %Z")
+        assert shown == expected
+        # The lab CA issues for a week (lab.acme.VALIDITY_SECONDS).
+        days = (expected.replace(tzinfo=UTC) - datetime.now(UTC)).days
+        assert 5 <= days <= 7
+
+
+def test_dns_lists_mta_sts_and_all_records_are_found(lab, relays):
+    for relay in relays:
+        zone = (relay.workdir / "zone.txt").read_text()
+        d = relay.domain
+        assert re.search(rf"^mta-sts\.{d}\.\s.*CNAME\s+{d}\.$", zone, re.M), zone
+        assert re.search(rf'^_mta-sts\.{d}\.\s.*TXT\s+"v=STSv1; id=\d+"$', zone, re.M), zone
+        # CAA names the CA: known for Let's Encrypt only, so none for the lab CA.
+        assert " CAA " not in zone
+        out = cmdeploy(lab, relay, "dns", "--dns-server", lab.dns_ip, "--ssh-host", relay.name)
+        assert "Great! All your DNS entries are verified and correct." in out.stdout
+
+
+def test_mail_between_the_relays_uses_verified_tls(lab, relays):
+    relay1, relay2 = relays
+    sender = f"{''.join(random.choices('abcdefghijkmnopqrstuvwxyz', k=9))}@{relay1.domain}"
+    rcpt = f"{''.join(random.choices('abcdefghijkmnopqrstuvwxyz', k=9))}@{relay2.domain}"
+    call(lab, "imap_messages", host=relay2.domain, user=rcpt, password=PASSWORD, wait=0,
+         min_count=0)  # fmt: skip
+    since = ssh(lab, relay1, "date '+%Y-%m-%d %H:%M:%S'").strip()
+    payload = mailgen.encrypted_payload(random.Random())
+    msg = mailgen.pgp_mime(mailgen.armor(payload), from_addr=sender, to=rcpt)
+    result = call(lab, "smtp_send", host=relay1.domain, msg_b64=base64.b64encode(msg).decode(),
+                  mail_from=sender, rcpts=[rcpt], user=sender, password=PASSWORD)  # fmt: skip
+    assert result["code"] == 250, result
+    got = call(lab, "imap_messages", host=relay2.domain, user=rcpt, password=PASSWORD, wait=30)
+    assert len(got["messages"]) == 1
+    log = ssh(lab, relay1, f"journalctl --since '{since}' --no-pager -t postfix/smtp")
+    assert f"Verified TLS connection established to {relay2.domain}[{relay2.ip}]:25" in log, log
+
+
+def test_renewal_is_picked_up_by_every_service(lab, relays, root_file):
+    relay = relays[0]
+    before = served(lab, relay, root_file)
+    old = serials(before)
+    cert = f"/var/lib/acme/live/{relay.domain}/cert"
+    # Forced: the current certificate is revoked, so acmetool's next reconcile (what the
+    # renewal timer starts) must get a new one; its hook reloads the services.
+    ssh(lab, relay, f"acmetool --batch revoke {cert}")
+    t0 = time.monotonic()
+    ssh(lab, relay, "systemctl start acmetool.service")
+    issued = time.monotonic() - t0
+    after = wait_for_new_serial(lab, relay, root_file, old)
+    picked_up = time.monotonic() - t0
+    assert len(serials(after)) == 1, after
+    file_serial = ssh(lab, relay, f"openssl x509 -noout -serial -in {cert}").strip()
+    assert file_serial.partition("=")[2].upper() in serials(after)
+    print(f"renewal: acmetool reconcile {issued:.1f}s, every port serves it after {picked_up:.1f}s")
+
+
+def make_ca(tmp_path, name: str) -> tuple[str, str]:
+    key, crt = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-noenc", "-days", "2", "-subj", f"/CN={name}",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)  # fmt: skip
+    return str(key), str(crt)
+
+
+def make_leaf(tmp_path, ca: tuple[str, str], domain: str, tag: str) -> tuple[str, str]:
+    """A certificate for the relay's names, signed by ``ca``: (certificate, key) as PEM."""
+    key, csr, crt = (tmp_path / f"{tag}.{ext}" for ext in ("key", "csr", "pem"))
+    ext = tmp_path / f"{tag}.ext"
+    ext.write_text(f"subjectAltName=DNS:{domain},DNS:www.{domain},DNS:mta-sts.{domain}\n")
+    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-noenc", "-subj", f"/CN={domain}", "-keyout", str(key), "-out", str(csr)],
+                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", ca[1], "-CAkey", ca[0],
+                    "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(crt)],
+                   check=True, capture_output=True)  # fmt: skip
+    return crt.read_text(), key.read_text()
+
+
+def install_files(lab, relay, cert: str, key: str) -> None:
+    """As an operator replaces them: the key first, then the certificate, each atomically."""
+    for path, text in (("/etc/chatmail-tls/key.pem", key), ("/etc/chatmail-tls/cert.pem", cert)):
+        command = f"mkdir -p /etc/chatmail-tls && cat > {path}.new && chmod 600 {path}.new"
+        lab.ssh_run(relay.name, f"{command} && mv {path}.new {path}", input=text)
+
+
+def test_external_certificate_served_and_replaced_without_deploy(lab, relays, acme, tmp_path):
+    relay = relays[1]
+    ca = make_ca(tmp_path, "operator test CA")
+    cafile = ca[1]
+    install_files(lab, relay, *make_leaf(tmp_path, ca, relay.domain, "first"))
+    write_config(lab, relay, {
+        "acme_ca_file": str(acme.ca_file),
+        "tls_external_cert_and_key": "/etc/chatmail-tls/cert.pem /etc/chatmail-tls/key.pem",
+    })  # fmt: skip
+    deploy(lab, relay, "--ssh-host", relay.name)
+    first = served(lab, relay, cafile)
+    assert all("serial" in r for r in first.values()), first
+    assert len(serials(first)) == 1, first
+    assert all(r["issuer"] == "operator test CA" for r in first.values())
+    assert ssh(lab, relay, "systemctl is-enabled acmetool.timer || true").strip() == "disabled"
+
+    t0 = time.monotonic()
+    install_files(lab, relay, *make_leaf(tmp_path, ca, relay.domain, "second"))
+    second = wait_for_new_serial(lab, relay, cafile, serials(first), timeout=60)
+    print(f"external certificate replaced: every port serves it after {time.monotonic() - t0:.1f}s")
+    assert len(serials(second)) == 1, second
