@@ -109,12 +109,19 @@ def components(config) -> list[Component]:
     return comps
 
 
-def probe_spec(comps: list[Component], cert: str | None = None) -> dict:
+# Every TLS port a client or relay uses, with the protocol of its STARTTLS if it has one:
+# each must serve the certificate file (a renewal that one service did not pick up shows).
+SERVED_PORTS = [[443, ""], [465, ""], [587, "smtp"], [993, ""], [143, "imap"], [25, "smtp"]]
+
+
+def probe_spec(comps: list[Component], cert: str | None = None, server_name: str = "") -> dict:
     """The JSON argument of the probe script for these components."""
     checks = [{"component": c.name, **check} for c in comps for check in c.checks]
     spec: dict = {"units": [c.unit for c in comps], "checks": checks}
     if cert:
         spec["cert"] = cert
+        spec["served"] = SERVED_PORTS
+        spec["server_name"] = server_name
     return spec
 
 
@@ -137,6 +144,7 @@ class Report:
     units: dict[str, str] = field(default_factory=dict)
     checks: dict[str, list[CheckResult]] = field(default_factory=dict)
     extras: dict[str, str] = field(default_factory=dict)
+    served: dict[int, str] = field(default_factory=dict)
 
 
 def parse(out: str) -> Report:
@@ -151,6 +159,8 @@ def parse(out: str) -> Report:
             report.checks.setdefault(comp, []).append(CheckResult(label, verdict == "ok", seen))
         elif kind in ("cert", "queue", "version") and len(fields) == 1:
             report.extras[kind] = fields[0]
+        elif kind == "served" and len(fields) == 2:
+            report.served[int(fields[0])] = fields[1]
     return report
 
 
@@ -203,6 +213,19 @@ def down_message(results: list[Verdict]) -> str | None:
     return "not answering: " + ", ".join(f"{v.name} ({v.problem})" for v in down)
 
 
+def served_lines(cert: str | None, served: dict[int, str]) -> str:
+    """Which ports serve the certificate file, and each one that serves something else."""
+    same = [str(p) for p, expiry in served.items() if cert and expiry == cert]
+    lines = [f"  served on ports {', '.join(same)}"] if same else []
+    for port, expiry in served.items():
+        if expiry != cert:
+            if expiry.startswith("not served"):
+                lines.append(f"  port {port}: {expiry}")
+            else:
+                lines.append(f"  port {port} serves a certificate expiring {expiry}")
+    return "\n".join(lines)
+
+
 def status_cmd(args) -> int:
     from cmdeploy.cli import fail, load_config
 
@@ -215,7 +238,11 @@ def status_cmd(args) -> int:
         print("no privacy settings")
     comps = components(config)
     try:
-        out = remote.run(probe_command(probe_spec(comps, cert=str(config.tls_cert_path)))).stdout
+        out = remote.run(
+            probe_command(
+                probe_spec(comps, cert=str(config.tls_cert_path), server_name=config.mail_domain)
+            )
+        ).stdout
     except RemoteError as e:
         return fail(str(e))
     report = parse(out)
@@ -223,6 +250,7 @@ def status_cmd(args) -> int:
     print(render(results))
     cert = report.extras.get("cert")
     print(f"certificate expires: {cert or 'unknown (no certificate?)'}")
+    print(served_lines(cert, report.served))
     print(f"mail queue: {report.extras.get('queue', '?')} message(s)")
     print(f"deployed version: {report.extras.get('version') or 'unknown'}")
     from cmdeploy.dovecot.build import SSHShell, status_line

@@ -7,6 +7,7 @@ checks; one line per result goes to stdout, tab separated:
     unit     <unit>       <state of systemctl is-active>
     check    <component>  <label>  ok|down  <what was seen>
     cert     <expiry date of the TLS certificate>
+    served   <port>  <expiry date of the certificate that port serves>
     queue    <messages in Postfix's active and deferred queues>
     version  <the deployed chatmail version>
 
@@ -236,11 +237,54 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("\t", " ").split())[:100]
 
 
+def _read_until(sock: socket.socket, done) -> bytes:
+    data = b""
+    while not done(data) and len(data) < 65536:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise OSError("connection closed before STARTTLS")
+        data += chunk
+    return data
+
+
+def served_cert_expiry(port: int, starttls: str, server_name: str) -> str:
+    """The expiry date of the certificate a local port serves (after STARTTLS if named)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    with sock:
+        if starttls == "smtp":
+            _read_until(sock, lambda d: d.endswith(b"\r\n") and d[3:4] == b" ")
+            sock.sendall(b"EHLO status.probe\r\n")
+            _read_until(sock, lambda d: b"\r\n250 " in b"\r\n" + d and d.endswith(b"\r\n"))
+            sock.sendall(b"STARTTLS\r\n")
+            _read_until(sock, lambda d: d.endswith(b"\r\n"))
+        elif starttls == "imap":
+            _read_until(sock, lambda d: d.endswith(b"\r\n"))
+            sock.sendall(b"s STARTTLS\r\n")
+            _read_until(sock, lambda d: b"s OK" in d and d.endswith(b"\r\n"))
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if port == 443:
+            ctx.set_alpn_protocols(["http/1.1"])
+        with ctx.wrap_socket(sock, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+    pem = ssl.DER_cert_to_PEM_cert(der)
+    out = subprocess.run(["openssl", "x509", "-enddate", "-noout"], input=pem,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    return out.strip().partition("=")[2]
+
+
 def _extras(spec: dict) -> list[str]:
     lines = []
     cert = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", spec["cert"]],
                           capture_output=True, text=True).stdout  # fmt: skip
     lines.append(f"cert\t{cert.strip().partition('=')[2]}")
+    for port, starttls in spec.get("served", []):
+        try:
+            expiry = served_cert_expiry(port, starttls, spec.get("server_name", ""))
+        except (OSError, ssl.SSLError) as e:
+            expiry = f"not served ({_clean(str(e) or type(e).__name__)})"
+        lines.append(f"served\t{port}\t{expiry}")
     queued = 0
     for sub in ("active", "deferred"):
         for _, _, names in os.walk(f"/var/spool/postfix/{sub}"):

@@ -109,3 +109,45 @@ def test_pebble_api_certificate_names_the_bridge_address(tmp_path):
         ["openssl", "verify", "-CAfile", tmp_path / "api-ca.pem", "-verify_ip", "10.77.0.1",
          tmp_path / "api.pem"], capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr + out.stdout
+
+
+def test_status_shows_ports_that_serve_another_certificate():
+    from cmdeploy.status import served_lines
+
+    cert = "Dec  8 16:00:00 2026 GMT"
+    text = served_lines(cert, {443: cert, 993: cert, 143: "Dec  1 16:00:00 2026 GMT",
+                               25: "not served (timed out)"})  # fmt: skip
+    assert text.splitlines() == [
+        "  served on ports 443, 993",
+        "  port 143 serves a certificate expiring Dec  1 16:00:00 2026 GMT",
+        "  port 25: not served (timed out)",
+    ]
+
+
+def test_status_probe_reads_the_served_certificate_after_imap_starttls(tmp_path):
+    import socket
+    import ssl
+    import threading
+
+    from cmdeploy import status_probe
+
+    pem(tmp_path, "srv")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.sendall(b"* OK ready\r\n")
+        conn.recv(100)
+        conn.sendall(b"s OK begin TLS\r\n")
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    got = status_probe.served_cert_expiry(port, "imap", "srv")
+    listener.close()
+    want = subprocess.run(["openssl", "x509", "-enddate", "-noout", "-in", tmp_path / "srv.pem"],
+                          capture_output=True, text=True).stdout.strip().partition("=")[2]  # fmt: skip
+    assert got == want and got

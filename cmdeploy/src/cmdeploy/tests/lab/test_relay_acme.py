@@ -126,6 +126,8 @@ def test_status_shows_the_certificate_expiry(lab, relays, root_file):
         served_993 = call(lab, "served_cert", host=relay.domain, port=993, cafile=root_file)
         expected = datetime.strptime(served_993["not_after"], "%b %d %H:%M:%S %Y %Z")
         assert shown == expected
+        # Every TLS port serves the certificate file.
+        assert "  served on ports 443, 465, 587, 993, 143, 25\n" in out, out
         # The lab CA issues for a week (lab.acme.VALIDITY_SECONDS).
         days = (expected.replace(tzinfo=UTC) - datetime.now(UTC)).days
         assert 5 <= days <= 7
