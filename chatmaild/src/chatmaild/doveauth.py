@@ -384,11 +384,16 @@ def _make_maildir(user: User) -> None:
         user.maildir.mkdir(mode=0o700, parents=True)
     except FileExistsError:
         return
+    # Dovecot's home for the account (dovecot.conf.j2 sets home=<maildir>/home), where LMTP
+    # keeps its duplicate database; made here so that the first delivery finds it.
+    home = user.maildir / "home"
+    home.mkdir(mode=0o700)
     if os.geteuid() == 0:
         # Run as root (not the relay's setup): Dovecot refuses root for mail access, so
         # the account belongs to whoever owns the mailboxes directory.
         parent = user.maildir.parent.stat()
-        os.chown(user.maildir, parent.st_uid, parent.st_gid)
+        for path in (user.maildir, home):
+            os.chown(path, parent.st_uid, parent.st_gid)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -159,13 +159,14 @@ class Expiry:
 
     def _remove_if_empty(self, box: Mailbox) -> None:
         try:
-            empty = not any(box.path.iterdir())
+            # Dovecot's empty home (made by doveauth with the account) does not count.
+            entries = [e for e in box.path.iterdir() if not _is_empty_home(e)]
         except FileNotFoundError:
             return
-        if not empty:
+        if entries:
             self.say(f"Skipped deleting {box.path}, doesn't have last_login but isn't empty")
             return
-        self._act(f"empty directory {box.path}", lambda: box.path.rmdir())
+        self._act(f"empty directory {box.path}", lambda: _remove_empty_account(box.path))
         self.summary.removed_mailboxes += 1
 
     def _act(self, what: str, action) -> None:
@@ -186,6 +187,17 @@ class Expiry:
         if self.remove:
             return f"Removed {counts} in {seconds:.2f} seconds"
         return f"Would remove {counts} (dry run, use --remove to delete) in {seconds:.2f} seconds"
+
+
+def _is_empty_home(entry: Path) -> bool:
+    return entry.name == "home" and entry.is_dir() and not any(entry.iterdir())
+
+
+def _remove_empty_account(path: Path) -> None:
+    home = path / "home"
+    if home.is_dir():
+        home.rmdir()
+    path.rmdir()
 
 
 def _rmtree(path: Path) -> None:

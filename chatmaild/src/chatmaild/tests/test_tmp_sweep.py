@@ -52,6 +52,7 @@ def test_expire_removes_a_stale_password_write_and_then_the_empty_account(tmp_pa
     # doveauth killed between making the account directory and renaming its password file.
     cut_short = mailboxes / f"cutshort1@{DOMAIN}"
     leftover(cut_short, "password", STALE_AFTER + 60)
+    (cut_short / "home").mkdir()  # Dovecot's home, made by doveauth with the account
     live = mailboxes / f"liveacct1@{DOMAIN}"
     (live / "cur").mkdir(parents=True)
     (live / "password").write_text("{SHA512-CRYPT}x")
@@ -62,6 +63,15 @@ def test_expire_removes_a_stale_password_write_and_then_the_empty_account(tmp_pa
     assert not stale_meta.exists() and writing.exists()
     assert (live / "password").exists()
     assert summary.removed_temporary == 2
+
+
+def test_an_account_directory_with_more_than_an_empty_home_is_kept(tmp_path):
+    exp, mailboxes = expiry(tmp_path, remove=True)
+    kept = mailboxes / f"notempty1@{DOMAIN}"
+    (kept / "home").mkdir(parents=True)
+    (kept / "home" / ".dovecot.lda-dupes").write_bytes(b"x")
+    exp.run()
+    assert (kept / "home" / ".dovecot.lda-dupes").exists()
 
 
 def test_expire_dry_run_removes_no_temporary_file(tmp_path):

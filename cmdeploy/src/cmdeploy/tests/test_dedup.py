@@ -134,6 +134,8 @@ def test_same_message_id_twice_to_one_account_is_stored_once(relay):
     assert inbox(dv, a) == [b"first"]
     assert discards(dv) == 1
     assert (dv.home(a) / ".dovecot.lda-dupes").exists()
+    # doveauth made the home with the account: not even the first delivery logs an error.
+    assert [line for line in dv.dovecot_log().splitlines() if "Error" in line] == []
 
 
 def test_same_message_id_reaches_two_accounts_in_one_transaction_and_in_two(relay):
