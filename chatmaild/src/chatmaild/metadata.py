@@ -9,7 +9,8 @@ Dovecot (``mail_attribute_dict = proxy:<socket>:metadata``) maps entries to dict
   queues a notification for every token of the account (see ``notifier.py``).
 - server entries (``GETMETADATA "" /shared/vendor/deltachat/<name>``) arrive as
   ``shared/<guid>/vendor/vendor.dovecot/pvt/server/vendor/deltachat/<name>``: ``irohrelay``
-  (when configured) and ``maxsmtprecipients``.
+  (when configured), ``maxsmtprecipients``, ``turn`` (TURN credentials for calls, see
+  :func:`turn_value`) and ``appversions`` (the shipped ``defaults/appversions.json``).
 
 Tokens live in ``<maildir>/metadata.json`` as ``{"devicetoken": {token: unix time}}`` and
 expire after 90 days. Writes hold ``metadata.json.lock`` and replace the file atomically; a
@@ -18,11 +19,15 @@ file that cannot be parsed is logged and read as empty.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import filelock
 
@@ -45,6 +50,103 @@ LOCK_TIMEOUT = 10.0
 # Postfix's smtpd_recipient_limit default.
 MAX_SMTP_RECIPIENTS = "1000"
 SERVER_PREFIX = "vendor/vendor.dovecot/pvt/server/vendor/deltachat/"
+
+# Written once per relay by the deploy (cmdeploy/turn/deployer.py), readable by this service
+# (owner vmail) and coturn (group turnserver) only; coturn gets it as static-auth-secret.
+TURN_SECRET_PATH = Path("/etc/chatmail-turn/secret")
+TURN_PORT = 3478
+# As long as the reference relay's credentials (chatmail-turn: 5 days): Delta Chat fetches
+# them at connect time and keeps them, so a shorter life could break calls of clients that
+# stay connected for days; and a leaked credential is of use for this long only, to relay
+# through this server (coturn's quotas), never to log in anywhere.
+TURN_LIFETIME = 5 * DAY
+APPVERSIONS_PATH = Path(__file__).parent / "defaults" / "appversions.json"
+
+
+def turn_password(secret: str, username: str) -> str:
+    """coturn's ``use-auth-secret`` password for ``username``: base64(HMAC-SHA1(secret, username))."""
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def turn_value(host: str, secret: str, now: float) -> str:
+    """``host:3478:<expiry>:<password>``; the expiry timestamp is also the TURN username,
+    which Delta Chat core requires to be a bare integer."""
+    username = str(int(now) + TURN_LIFETIME)
+    return f"{host}:{TURN_PORT}:{username}:{turn_password(secret, username)}"
+
+
+def read_turn_secret(path: Path) -> str | None:
+    """The relay's TURN secret, or None (logged) when it cannot be had."""
+    try:
+        secret = path.read_text("ascii").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        log.error("TURN secret unreadable: %s", e)
+        return None
+    if not secret:
+        log.error("TURN secret %s is empty", path)
+        return None
+    return secret
+
+
+SOURCE_KEYS = {"sourceId", "versionInteger", "versionString", "downloadUrl"}
+DOWNLOAD_PREFIXES = ("https://github.com/deltachat/", "https://download.delta.chat/")
+
+
+def _nonempty_str(value) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def appversions_problem(data) -> str | None:
+    """Why ``data`` does not fit the appversions schema Delta Chat core reads, or None.
+
+    Core drops the whole payload on any type mismatch, so nothing partial is ever served."""
+    if not isinstance(data, dict) or set(data) != {"clients"}:
+        return "the only top-level key must be 'clients'"
+    clients = data["clients"]
+    if not isinstance(clients, list) or not clients:
+        return "'clients' must be a non-empty list"
+    client_ids: set[str] = set()
+    for client in clients:
+        if not isinstance(client, dict) or set(client) != {"clientId", "sources"}:
+            return "a client has exactly 'clientId' and 'sources'"
+        if not _nonempty_str(client["clientId"]) or client["clientId"] in client_ids:
+            return "clientId must be a unique non-empty string"
+        client_ids.add(client["clientId"])
+        sources = client["sources"]
+        if not isinstance(sources, list) or not sources:
+            return f"sources of {client['clientId']} must be a non-empty list"
+        source_ids: set[str] = set()
+        for source in sources:
+            if not isinstance(source, dict) or set(source) != SOURCE_KEYS:
+                return "a source has exactly " + ", ".join(sorted(SOURCE_KEYS))
+            if not _nonempty_str(source["sourceId"]) or source["sourceId"] in source_ids:
+                return "sourceId must be a unique non-empty string within its client"
+            source_ids.add(source["sourceId"])
+            version = source["versionInteger"]
+            # bool is an int in Python, not in core's serde.
+            if type(version) is not int or not 0 <= version <= 0xFFFFFFFF:
+                return "versionInteger must be an integer from 0 to 2^32-1"
+            if not _nonempty_str(source["versionString"]):
+                return "versionString must be a non-empty string"
+            url = source["downloadUrl"]
+            if not isinstance(url, str) or not url.startswith(DOWNLOAD_PREFIXES):
+                return "downloadUrl must start with " + " or ".join(DOWNLOAD_PREFIXES)
+    return None
+
+
+def appversions_value(path: Path) -> str | None:
+    """The file at ``path`` as one line of compact JSON, or None if it is missing or invalid."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        log.error("appversions %s unreadable: %s", path, e)
+        return None
+    problem = appversions_problem(data)
+    if problem:
+        log.error("appversions %s invalid: %s", path, problem)
+        return None
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 class MetadataStore:
@@ -132,10 +234,16 @@ def _split_key(key: str) -> tuple[str, str] | None:
 class MetadataDict(DictHandler):
     """The ``metadata`` dict Dovecot uses for IMAP METADATA."""
 
-    def __init__(self, config: Config, store: MetadataStore, notifier: Notifier | None):
+    def __init__(self, config: Config, store: MetadataStore, notifier: Notifier | None,
+                 turn_secret_path: Path = TURN_SECRET_PATH,
+                 appversions_path: Path = APPVERSIONS_PATH,
+                 clock: Callable[[], float] = time.time):  # fmt: skip
         self.config = config
         self.store = store
         self.notifier = notifier
+        self.turn_secret_path = turn_secret_path
+        self.appversions_path = appversions_path
+        self.clock = clock
 
     def lookup(self, key: str, user: str | None) -> str | None:
         split = _split_key(key)
@@ -158,6 +266,14 @@ class MetadataDict(DictHandler):
                 return self.config.iroh_relay or None
             if name == "maxsmtprecipients":
                 return MAX_SMTP_RECIPIENTS
+            if name == "turn":
+                # Read at each lookup (a few bytes): a new secret needs no restart here.
+                secret = read_turn_secret(self.turn_secret_path)
+                if secret is None:
+                    return None
+                return turn_value(self.config.mail_domain, secret, self.clock())
+            if name == "appversions":
+                return appversions_value(self.appversions_path)
         log.debug("lookup ignored: %s", key)
         return None
 
