@@ -241,6 +241,38 @@ def test_a_damaged_binary_is_compiled_again_from_the_script(relay):
     assert inbox(dv, a) == [b"d2"]
 
 
+QUOTA_CONF = """
+mail_plugins = $mail_plugins quota
+plugin {
+  quota = maildir:User quota
+  quota_rule = *:storage=2K
+  quota_grace = 0
+}
+"""
+
+
+class FullDedupDovecot(DedupDovecot):
+    def _extra_conf(self) -> str:
+        return QUOTA_CONF + super()._extra_conf()
+
+
+def test_a_full_mailbox_gets_the_same_reply_as_without_sieve(relay_home):
+    """The script changes no other outcome: over quota is still Dovecot's 552."""
+    dv = FullDedupDovecot().start()
+    try:
+        (a,) = loadgen.accounts(DOMAIN, 1)
+        with imaplib.IMAP4("127.0.0.1", dv.imap_port) as c:
+            c.login(a.addr, a.password)
+        with smtplib.LMTP("127.0.0.1", dv.lmtp_port) as conn:
+            conn.ehlo("test")
+            conn.mail("s@example.org")
+            conn.rcpt(a.addr)
+            code, text = conn.data(message("<q@x>", "y" * 5000))
+        assert code == 552 and b"Quota exceeded" in text, (code, text)
+    finally:
+        dv.stop()
+
+
 def test_the_relay_template_has_these_settings():
     text = TEMPLATE.read_text()
     lmtp_plugins = re.search(r"protocol lmtp \{\n  mail_plugins = ([^\n]*)", text)
