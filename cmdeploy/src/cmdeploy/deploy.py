@@ -21,6 +21,7 @@ from cmdeploy.postfix.deployer import PostfixDeployer
 from cmdeploy.services.deployer import EchobotDeployer, ServicesDeployer
 from cmdeploy.system.deployer import SystemDeployer
 from cmdeploy.tls.deployer import TLSDeployer
+from cmdeploy.turn.deployer import TurnDeployer
 from cmdeploy.unbound.deployer import UnboundDeployer
 from cmdeploy.website.deployer import WebsiteDeployer
 
@@ -36,6 +37,7 @@ COMPONENTS = [
     OpenDKIMDeployer,
     DovecotDeployer,
     PostfixDeployer,
+    TurnDeployer,
     NginxDeployer,
     EchobotDeployer,
     WebsiteDeployer,

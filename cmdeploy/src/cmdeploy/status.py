@@ -93,6 +93,7 @@ def components(config) -> list[Component]:
         # It only relays Dovecot's auth protocol: accepting a connection is its answer.
         Component("chatmail-saslproxy", "chatmail-saslproxy",
                   (unix("socket", "connect", SASL_SOCKET),)),
+        Component("coturn", "coturn", (tcp("stun udp 3478", "stun", 3478),)),
         Component("echobot", "echobot"),
         # fcgiwrap itself starts per request of /new: its socket must answer.
         Component("fcgiwrap", "fcgiwrap.socket", (unix("socket", "fastcgi", FCGIWRAP_SOCKET),)),

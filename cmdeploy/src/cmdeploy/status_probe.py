@@ -13,7 +13,7 @@ checks; one line per result goes to stdout, tab separated:
 
 A check is "ok" when the service gives the first answer of its protocol: an SMTP 220
 greeting, an IMAP ``* OK``, an HTTP status line below 500, a DNS reply, a dict reply, a
-milter option negotiation, a FastCGI response.
+milter option negotiation, a FastCGI response, a STUN binding response.
 """
 
 from __future__ import annotations
@@ -201,6 +201,23 @@ def probe_fastcgi(check: dict) -> tuple[bool, str]:
     return False, "no FastCGI response"
 
 
+STUN_MAGIC = 0x2112A442
+
+
+def probe_stun(check: dict) -> tuple[bool, str]:
+    # An RFC 5389 Binding request over UDP: a TURN server answers it without credentials.
+    txid = os.urandom(12)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect((check["host"], check["port"]))
+        sock.send(struct.pack("!HHI", 0x0001, 0, STUN_MAGIC) + txid)
+        reply = sock.recv(2048)
+    if len(reply) >= 20 and reply[4:8] == struct.pack("!I", STUN_MAGIC) and reply[8:20] == txid:
+        kind = struct.unpack("!H", reply[:2])[0]
+        return kind == 0x0101, "binding success" if kind == 0x0101 else f"reply type {kind:#06x}"
+    return False, "not a STUN reply to the request"
+
+
 def probe_connect(check: dict) -> tuple[bool, str]:
     with _connect(check):
         pass
@@ -216,6 +233,7 @@ PROBES = {
     "dict": probe_dict,
     "milter": probe_milter,
     "fastcgi": probe_fastcgi,
+    "stun": probe_stun,
 }
 
 
