@@ -110,8 +110,34 @@ def lab_relay(lab: Lab, name: str, workdir: Path, overrides: dict | None = None)
     return relay
 
 
+def acme_lab_relay(lab: Lab, name: str, workdir: Path, overrides: dict | None = None) -> LabRelay:
+    """Like lab_relay, with an ordinary name (``relayN.lab``) and an ACME certificate.
+
+    The lab's ACME CA (pebble, lab.acme) issues it through the deploy code a real server
+    runs: only ``acme_directory_url`` and ``acme_ca_file`` name the lab.
+    """
+    index = int(name.removeprefix("relay"))
+    lab.up(hosts=max(index, len(lab.hosts())))
+    server = lab.acme_server()
+    h = lab.host(name)
+    domain = h.domain.lstrip("_")
+    relay = LabRelay(name=h.name, domain=domain, ip=h.ip, workdir=workdir / h.name)
+    settings = {"acme_directory_url": server.directory_url, "acme_ca_file": str(server.ca_file)}
+    write_config(lab, relay, {**settings, **(overrides or {})})
+    # HTTP-01 needs every name of the certificate to resolve before the first deploy.
+    names = [domain, f"www.{domain}", f"mta-sts.{domain}"]
+    zone = "".join(f"{n}. 3600 IN A {h.ip}\n" for n in names)
+    lab.load_zone(domain, zone + f"{domain}. 3600 IN MX 10 {domain}.\n")
+    # The lab's SSH config knows the host by its short name, not by this domain.
+    deploy(lab, relay, "--ssh-host", h.name)
+    publish_zone(lab, relay, ssh_host=h.name)
+    return relay
+
+
 def how_to_connect(lab: Lab, relay: LabRelay) -> str:
     ns = f"ip netns exec {lab.netns}"
+    # An ACME relay's domain is not a name in the lab's SSH config.
+    via = "" if relay.domain.startswith("_") else f" --ssh-host {relay.name}"
     return f"""\
 The relay {relay.domain} runs in the lab host {relay.name} ({relay.ip}).
 Its config: {relay.ini}
@@ -127,8 +153,8 @@ A Delta Chat client (deltachat-rpc-server) run in that namespace joins with
 
 {_app_section(lab, relay)}
 Manage it like a real server:
-  cmdeploy --config {relay.ini} --ssh-config {lab.ssh_config} status
-  cmdeploy --config {relay.ini} --ssh-config {lab.ssh_config} run
+  cmdeploy --config {relay.ini} --ssh-config {lab.ssh_config} status{via}
+  cmdeploy --config {relay.ini} --ssh-config {lab.ssh_config} run{via}
   cmdeploy lab ssh {relay.name}
 Tear the lab down (hosts, DNS, proxy, namespace):
   cmdeploy lab down
@@ -182,7 +208,8 @@ def relay_cmd(args) -> int:
     lab = Lab()
     overrides = dict(item.split("=", 1) for item in args.set)
     try:
-        relay = lab_relay(lab, args.name, args.workdir.resolve(), overrides or None)
+        make = acme_lab_relay if args.acme else lab_relay
+        relay = make(lab, args.name, args.workdir.resolve(), overrides or None)
         if not args.no_forward:
             lab.forward(relay.name)
     except Exception as e:  # the operator sees one clear line, not a traceback
@@ -201,6 +228,8 @@ def register(lab_subparsers) -> None:
                    help="where the relay's chatmail.ini and zone are kept (default ./lab-relays)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a chatmail.ini setting for this relay (repeatable)")  # fmt: skip
+    p.add_argument("--acme", action="store_true",
+                   help="ordinary domain relayN.lab with a certificate from the lab's ACME CA")  # fmt: skip
     p.add_argument("--no-forward", action="store_true",
                    help="no loopback forwards for a Delta Chat app on this machine")  # fmt: skip
     p.set_defaults(func=relay_cmd)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import pytest
 from chatmaild.tests import mailgen
 
-from cmdeploy.lab.relay import LabRelay, cmdeploy, deploy, publish_zone, write_config
+from cmdeploy.lab.relay import acme_lab_relay, cmdeploy, deploy, write_config
 from cmdeploy.tests.lab.probes import call
 
 pytestmark = pytest.mark.lab
@@ -26,27 +26,6 @@ pytestmark = pytest.mark.lab
 PASSWORD = "password123"
 # Every TLS port of a relay: (port, STARTTLS protocol or None).
 PORTS = [(443, None), (465, None), (587, "smtp"), (993, None), (143, "imap")]
-
-
-def ordinary_name(lab, name: str) -> str:
-    """The lab host's domain without the leading underscore: a name for a real certificate."""
-    return lab.host(name).domain.lstrip("_")
-
-
-def initial_zone(domain: str, ip: str) -> str:
-    """What must resolve before the first deploy: the names the certificate is asked for."""
-    names = [domain, f"www.{domain}", f"mta-sts.{domain}"]
-    return "".join(f"{n}. 3600 IN A {ip}\n" for n in names) + f"{domain}. 3600 IN MX 10 {domain}.\n"
-
-
-def acme_relay(lab, name: str, workdir, overrides: dict) -> LabRelay:
-    h = lab.host(name)
-    relay = LabRelay(name=h.name, domain=ordinary_name(lab, name), ip=h.ip, workdir=workdir / name)
-    write_config(lab, relay, overrides)
-    lab.load_zone(relay.domain, initial_zone(relay.domain, relay.ip))
-    deploy(lab, relay, "--ssh-host", h.name)
-    publish_zone(lab, relay, ssh_host=h.name)
-    return relay
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +44,7 @@ def root_file(acme, tmp_path_factory):
 @pytest.fixture(scope="module")
 def relays(lab, acme, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("acme-relays")
-    settings = {"acme_directory_url": acme.directory_url, "acme_ca_file": str(acme.ca_file)}
-    return [acme_relay(lab, name, workdir, settings) for name in ("relay1", "relay2")]
+    return [acme_lab_relay(lab, name, workdir) for name in ("relay1", "relay2")]
 
 
 def served(lab, relay, cafile: str) -> dict[int, dict]:
