@@ -98,13 +98,15 @@ class TurnDeployer(Deployer):
             Command, f"test -s {SECRET} && stat -c %U:%G:%a {SECRET} || echo missing"
         )
         if state != SECRET_STAT:
-            server.shell(name="coturn: secret (made once, kept)", commands=[
+            # Tracked: a new secret (first deploy, or the operator removed it to rotate it)
+            # needs a restart of coturn.
+            self.track(server.shell(name="coturn: secret (made once, kept)", commands=[
                 f"set -e; if [ ! -s {SECRET} ]; then umask 077;"
                 f" od -An -N32 -tx1 /dev/urandom | tr -d ' \\n' > {SECRET}.new;"
                 f" mv {SECRET}.new {SECRET}; fi",
                 f"chown vmail:turnserver {SECRET}",
                 f"chmod 440 {SECRET}",
-            ])  # fmt: skip
+            ]), SECRET)  # fmt: skip
 
     def configure(self) -> None:
         addresses = host.get_fact(Command, "hostname -I || true") or ""
