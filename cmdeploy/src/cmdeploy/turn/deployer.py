@@ -44,7 +44,9 @@ DENIED_PEERS = [
     "198.51.100.0-198.51.100.255",
     "203.0.113.0-203.0.113.255",
     "224.0.0.0-255.255.255.255",
-    "::-::1",
+    # Not "::" (or a range from it): coturn 4.6.1 then refuses every peer, IPv4 ones too
+    # (seen with Debian's build); the unspecified address is no peer anyone can name.
+    "::1",
     "::ffff:0.0.0.0-::ffff:255.255.255.255",
     "64:ff9b::-64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
     "100::-100::ffff:ffff:ffff:ffff",
