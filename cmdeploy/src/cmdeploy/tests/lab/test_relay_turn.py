@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import json
 import re
+import shlex
+import subprocess
 import time
 
 import pytest
@@ -178,3 +180,21 @@ def test_memory_of_coturn(lab, relay):
     print(f"coturn MemoryCurrent={props[0]} MemoryMax={props[1]}")
     assert int(props[1]) == 256 * 1024 * 1024
     assert int(props[0]) < int(props[1])
+
+
+def uclient(lab, relay, username: str, password: str) -> subprocess.CompletedProcess:
+    """coturn's own test client, run on the relay host (the coturn package ships it):
+    two allocations send each other 5 messages each through the server (-y)."""
+    cmd = (f"timeout 60 turnutils_uclient -y -n 5 -m 1 -u {shlex.quote(username)}"
+           f" -w {shlex.quote(password)} {relay.ip}")  # fmt: skip
+    return lab.ssh_run(relay.name, cmd, check=False)
+
+
+def test_coturns_own_client_relays_with_the_published_credentials(lab, relay, published):
+    proc = uclient(lab, relay, published["username"], published["password"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    counts = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", proc.stdout, re.M)
+    assert counts and counts[-1][0] == counts[-1][1] and int(counts[-1][0]) >= 10, proc.stdout
+    assert "Total lost packets 0 " in proc.stdout, proc.stdout[-2000:]
+    wrong = uclient(lab, relay, published["username"], published["password"][:-4] + "AAA=")
+    assert wrong.returncode != 0 and "Cannot complete Allocation" in wrong.stdout + wrong.stderr
