@@ -40,11 +40,32 @@ def test_postfix_and_dovecot_dropins_set_tz(deployer):
     assert_tz(deployer(config_with(), DeployOptions()).render("supervise.conf"))
 
 
-@pytest.mark.parametrize("template", ["main.cf.j2", "../dovecot/dovecot.conf.j2"])
-def test_masters_pass_tz_to_their_children(template):
-    # Both masters clear the environment of their children except import_environment,
-    # whose defaults include TZ: an override would have to name it again.
-    text = (PostfixDeployer.templates / template).read_text()
-    for line in text.splitlines():
-        if line.strip().startswith("import_environment"):
-            assert "TZ" in line.split("=", 1)[1].split()
+def import_environment(text: str) -> list[str]:
+    """The entries of import_environment in a main.cf or dovecot.conf (continuation lines
+    included)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("import_environment"):
+            value = line.split("=", 1)[1]
+            for more in lines[i + 1 :]:
+                if not more[:1].isspace():
+                    break
+                value += " " + more
+            return value.split()
+    return []
+
+
+def test_postfix_passes_tz_and_its_openssl_config_on():
+    entries = import_environment((PostfixDeployer.templates / "main.cf.j2").read_text())
+    # The master passes TZ from the unit (Postfix's default list, kept whole).
+    assert "TZ" in entries and "LANG=C" in entries and "MAIL_CONFIG" in entries
+    assert "OPENSSL_CONF=/etc/postfix/chatmail-openssl.cnf" in entries
+
+
+def test_dovecot_gives_tz_a_value():
+    # Dovecot's master drops the unit's environment when it re-executes itself.
+    entries = import_environment((DovecotDeployer.templates / "dovecot.conf.j2").read_text())
+    assert "TZ=:/etc/localtime" in entries
+    # The rest of Dovecot's default list (NOTIFY_SOCKET: Type=notify needs it).
+    for name in ("CORE_OUTOFMEM", "CORE_ERROR", "LISTEN_PID", "LISTEN_FDS", "NOTIFY_SOCKET"):
+        assert name in entries
