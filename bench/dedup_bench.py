@@ -5,7 +5,8 @@ Delivers ``--messages`` distinct messages over the relay's own LMTP socket (as P
 CPU time the dovecot.service cgroup used meanwhile (``usage_usec`` in its ``cpu.stat``). It
 does so in rounds that alternate between the relay as deployed (Sieve with the duplicate
 filter) and the same relay with ``sieve`` taken out of LMTP's ``mail_plugins``, and prints
-CPU ms per message and messages/s for each round and their medians. The deployed config is put back at the end.
+CPU ms per message and messages/s for each round and their medians. The deployed config is
+put back at the end.
 
 Not part of CI. Needs root and the lab; hold the lab lock and tear the lab down after:
 
