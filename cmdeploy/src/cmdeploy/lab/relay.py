@@ -122,7 +122,13 @@ def acme_lab_relay(lab: Lab, name: str, workdir: Path, overrides: dict | None = 
     h = lab.host(name)
     domain = h.domain.lstrip("_")
     relay = LabRelay(name=h.name, domain=domain, ip=h.ip, workdir=workdir / h.name)
-    settings = {"acme_directory_url": server.directory_url, "acme_ca_file": str(server.ca_file)}
+    settings = {
+        "acme_directory_url": server.directory_url,
+        "acme_ca_file": str(server.ca_file),
+        # An ordinary domain must name who runs it (only '_' test domains may leave it out).
+        "privacy_mail": f"privacy@{domain}",
+        "privacy_postal": "Lab Relay Operator, 1 Test Street, Testtown",
+    }
     write_config(lab, relay, {**settings, **(overrides or {})})
     # HTTP-01 needs every name of the certificate to resolve before the first deploy.
     names = [domain, f"www.{domain}", f"mta-sts.{domain}"]

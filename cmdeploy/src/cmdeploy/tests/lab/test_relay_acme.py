@@ -148,7 +148,8 @@ def test_renewal_is_picked_up_by_every_service(lab, relays, root_file):
     cert = f"/var/lib/acme/live/{relay.domain}/cert"
     # Forced: the current certificate is revoked, so acmetool's next reconcile (what the
     # renewal timer starts) must get a new one; its hook reloads the services.
-    ssh(lab, relay, f"acmetool --batch revoke {cert}")
+    cert_id = ssh(lab, relay, f"basename $(readlink -f /var/lib/acme/live/{relay.domain})").strip()
+    ssh(lab, relay, f"acmetool --batch revoke {cert_id}")
     t0 = time.monotonic()
     ssh(lab, relay, "systemctl start acmetool.service")
     issued = time.monotonic() - t0
@@ -197,6 +198,8 @@ def test_external_certificate_served_and_replaced_without_deploy(lab, relays, ac
     install_files(lab, relay, *make_leaf(tmp_path, ca, relay.domain, "first"))
     write_config(lab, relay, {
         "acme_ca_file": str(acme.ca_file),
+        "privacy_mail": f"privacy@{relay.domain}",
+        "privacy_postal": "Lab Relay Operator, 1 Test Street, Testtown",
         "tls_external_cert_and_key": "/etc/chatmail-tls/cert.pem /etc/chatmail-tls/key.pem",
     })  # fmt: skip
     deploy(lab, relay, "--ssh-host", relay.name)
