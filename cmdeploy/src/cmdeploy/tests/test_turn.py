@@ -102,6 +102,8 @@ def test_dropin_replaces_debians_config_and_supervises():
         "/usr/bin/turnserver -c /run/turnserver/turnserver.conf"
     ]
     assert effective(text, "Service", "ExecStartPre") == [turn.CONFIG_SCRIPT]
+    # Where the script writes: Debian's /lib/systemd/system/coturn.service makes no such dir.
+    assert effective(text, "Service", "RuntimeDirectory") == ["turnserver"]
     assert_restarts_quickly(text)
     assert effective(text, "Service", "MemoryMax") == ["256M"]
     assert effective(text, "Service", "MemorySwapMax") == ["0"]
