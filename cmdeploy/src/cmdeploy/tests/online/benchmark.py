@@ -60,6 +60,67 @@ def test_tls_connect_smtp(domain, ssl_context):
     )
 
 
+def _first_reply(domain: str, port: int, ssl_context, *, wrap: bool, alpn: str | None = None,
+                 starttls: bool = False) -> tuple[float, float]:  # fmt: skip
+    """(TLS handshake done, first reply after it) in seconds from connect, raw sockets.
+
+    The reply after the handshake is the greeting (implicit TLS) or the 250 to EHLO
+    (STARTTLS); without TLS, the greeting."""
+    import socket
+
+    start = time.perf_counter()
+    sock = socket.create_connection((domain, port), timeout=30)
+    try:
+        if starttls:
+            f = sock.makefile("rb")
+            f.readline()
+            sock.sendall(b"EHLO bench\r\n")
+            while f.readline()[3:4] == b"-":
+                pass
+            sock.sendall(b"STARTTLS\r\n")
+            f.readline()
+        if wrap or starttls:
+            if alpn:
+                ssl_context.set_alpn_protocols([alpn])
+            sock = ssl_context.wrap_socket(sock, server_hostname=domain)
+        handshake = time.perf_counter() - start
+        if starttls:
+            sock.sendall(b"EHLO bench\r\n")
+        sock.recv(4096)
+        return handshake, time.perf_counter() - start
+    finally:
+        sock.close()
+
+
+def test_first_reply_per_port(domain, ssl_context):
+    """Connect to the first server reply on each port, and the part of it after TLS.
+
+    A stall after the handshake on 465 (the greeting waiting for the client's delayed ACK
+    of the TLS 1.3 session tickets, see postfix/master.cf.j2) shows in "after TLS"."""
+    import ssl
+
+    cases = [("smtps 465", 465, dict(wrap=True)), ("imaps 993", 993, dict(wrap=True)),
+             ("smtp 443 alpn", 443, dict(wrap=True, alpn="smtp")),
+             ("submission 587 starttls", 587, dict(wrap=False, starttls=True)),
+             ("smtp 25 greeting", 25, dict(wrap=False))]  # fmt: skip
+    for name, port, kw in cases:
+        for _ in range(10):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname, ctx.verify_mode = (
+                ssl_context.check_hostname,
+                ssl_context.verify_mode,
+            )
+            if ssl_context.verify_mode != ssl.CERT_NONE:
+                ctx.load_default_certs()
+            try:
+                handshake, reply = _first_reply(domain, port, ctx, **kw)
+            except OSError:
+                break  # e.g. port 25 closed to this client: no row
+            RESULTS.setdefault(f"first reply {name}", []).append(reply)
+            if kw.get("wrap") or kw.get("starttls"):
+                RESULTS.setdefault(f"  after TLS {name}", []).append(reply - handshake)
+
+
 def test_login_new_account_imap(domain, ssl_context, creds):
     def login():
         conn = imaplib.IMAP4_SSL(domain, 993, ssl_context=ssl_context)
@@ -306,6 +367,47 @@ def latency_table() -> list[str]:
         lines.append(f"{r['what']:26} {r['topology']:11} {r['system']:9} {r['n']:3} "
                      f"{r['median']:7.1f} {r['p90']:7.1f} {r['mean']:7.1f} {r['max']:7.1f}{lost}")  # fmt: skip
     return lines + NOTES_IDLE
+
+
+# -- push: LMTP delivery -> POST at the notification server ---------------------------------
+
+PUSH_MESSAGES = 20
+
+
+def test_push_latency(config, domain):
+    """SMTP 250 (the message is queued) -> the POST of the recipient's device token at the
+    notification server; an upper bound of LMTP delivery -> POST (the lab push server)."""
+    from cmdeploy.tests.online.pushserver import PushServer
+
+    server = PushServer.for_url(config.notification_url)
+    if server is None:
+        pytest.skip(f"{config.notification_url} is not served from this machine")
+    senders, rcpt, per_sender = _chatmail_latency_accounts(config, domain, domain)
+    token = f"bench-{loadgen.new_token()}"
+    imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
+    with imaplib.IMAP4_SSL(domain, 993, ssl_context=loadgen.client_context()) as conn:
+        conn.login(rcpt.addr, rcpt.password)
+        typ, data = conn._simple_command(
+            "SETMETADATA", "INBOX", f'(/private/devicetoken "{token}")'
+        )
+        assert typ == "OK", data
+    seconds = []
+    with server:
+        send = idleclients.smtp_sender(domain, senders, per_sender)
+        try:
+            for i in range(PUSH_MESSAGES):
+                t250 = send(rcpt.addr)
+                arrived = server.wait_count(token, i + 1, timeout=30)
+                if arrived is None:
+                    break
+                seconds.append(arrived - t250)
+                time.sleep(0.1)
+        finally:
+            send.close()
+    row = {"what": "SMTP 250 -> push POST", "topology": "one relay", "system": "chatmail",
+           **idleclients.latency_summary(seconds)}  # fmt: skip
+    row["lost"] = PUSH_MESSAGES - len(seconds)
+    LATENCY.append(row)
 
 
 # -- throughput: encrypted messages/s against a stock floor ---------------------------------

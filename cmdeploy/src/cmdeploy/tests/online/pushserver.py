@@ -11,19 +11,23 @@ import urllib.parse
 
 
 class PushServer:
-    """Records the bodies (device tokens) POSTed to it."""
+    """Records the bodies (device tokens) POSTed to it, and when each arrived."""
 
     def __init__(self, host: str, port: int, path: str):
         self.tokens: list[str] = []
+        # time.perf_counter() at each POST's arrival, in the order of ``tokens``.
+        self.arrivals: list[float] = []
         self.path = path
-        received = self.tokens
+        received, arrivals = self.tokens, self.arrivals
         cond = self._cond = threading.Condition()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                now = time.perf_counter()
                 with cond:
                     received.append(body)
+                    arrivals.append(now)
                     cond.notify_all()
                 self.send_response(200)
                 self.end_headers()
@@ -58,6 +62,19 @@ class PushServer:
                     return False
                 self._cond.wait(left)
         return True
+
+    def wait_count(self, token: str, count: int, timeout: float) -> float | None:
+        """perf_counter() at the ``count``-th POST of ``token``, or None on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                times = [t for b, t in zip(self.tokens, self.arrivals, strict=True) if b == token]
+                if len(times) >= count:
+                    return times[count - 1]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
 
     def __enter__(self) -> PushServer:
         self.thread.start()
