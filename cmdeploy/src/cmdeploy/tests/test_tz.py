@@ -60,12 +60,3 @@ def test_postfix_passes_tz_and_its_openssl_config_on():
     # The master passes TZ from the unit (Postfix's default list, kept whole).
     assert "TZ" in entries and "LANG=C" in entries and "MAIL_CONFIG" in entries
     assert "OPENSSL_CONF=/etc/postfix/chatmail-openssl.cnf" in entries
-
-
-def test_dovecot_gives_tz_a_value():
-    # Dovecot's master drops the unit's environment when it re-executes itself.
-    entries = import_environment((DovecotDeployer.templates / "dovecot.conf.j2").read_text())
-    assert "TZ=:/etc/localtime" in entries
-    # The rest of Dovecot's default list (NOTIFY_SOCKET: Type=notify needs it).
-    for name in ("CORE_OUTOFMEM", "CORE_ERROR", "LISTEN_PID", "LISTEN_FDS", "NOTIFY_SOCKET"):
-        assert name in entries
