@@ -61,6 +61,17 @@ class Remote:
             raise RemoteError(f"{self.host}: '{command}' failed: {proc.stderr.strip()}")
         return proc
 
+    def read_bytes(self, path: str, timeout: float = 600) -> bytes:
+        """The contents of a file on the relay (binary-safe)."""
+        if self.local:
+            return Path(path).read_bytes()
+        argv = self._base() + [f"{self.user}@{self.host}", f"cat -- {path}"]
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout)
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()
+            raise RemoteError(f"{self.host}: cannot read {path}: {err}")
+        return proc.stdout
+
     def resolved(self) -> dict[str, str]:
         """The effective SSH settings (``ssh -G``)."""
         out = subprocess.run(self._base() + ["-G", f"{self.user}@{self.host}"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -83,6 +84,13 @@ def precheck(remote: Remote, config: Config, skip_dns: bool) -> None:
 def build_wheel(out_dir: Path) -> Path:
     """Build chatmaild reproducibly, so that an unchanged package uploads nothing."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+    # Deploys of several relays at once (an inventory) share chatmaild/build/: one at a time.
+    with open(REPO / "chatmaild" / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_wheel_locked(out_dir, env)
+
+
+def _build_wheel_locked(out_dir: Path, env: dict) -> Path:
     # setuptools reuses build/: a module deleted from the source could ship from there.
     shutil.rmtree(REPO / "chatmaild" / "build", ignore_errors=True)
     proc = subprocess.run(

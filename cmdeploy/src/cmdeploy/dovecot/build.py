@@ -259,8 +259,7 @@ class SSHShell:
         return self.remote.run(command, timeout=timeout, check=False)
 
     def read(self, path: str) -> bytes:
-        argv = self.remote._base() + [f"{self.remote.user}@{self.remote.host}", f"cat {path}"]
-        return subprocess.run(argv, capture_output=True, check=True, timeout=600).stdout
+        return self.remote.read_bytes(path)
 
 
 class BuildError(Exception):
