@@ -27,10 +27,6 @@ class PostfixDeployer(Deployer):
     def configure(self) -> None:
         self.put_template("main.cf.j2", "/etc/postfix/main.cf")
         self.put_template("master.cf.j2", "/etc/postfix/master.cf")
-        # OPENSSL_CONF of every Postfix process (main.cf import_environment), from openssl.conf.
-        self.put_text(
-            (self.templates / "openssl.conf").read_text(), "/etc/postfix/chatmail-openssl.cnf"
-        )
         for name in MAPS:
             self.put_template(name, f"/etc/postfix/{name}")
         self.put_template(

