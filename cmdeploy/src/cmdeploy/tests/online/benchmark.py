@@ -96,7 +96,7 @@ def test_first_reply_per_port(domain, ssl_context):
     """Connect to the first server reply on each port, and the part of it after TLS.
 
     A stall after the handshake on 465 (the greeting waiting for the client's delayed ACK
-    of the TLS 1.3 session tickets, see postfix/master.cf.j2) shows in "after TLS"."""
+    of the TLS 1.3 session ticket, see docs/operating.md) shows in "after TLS"."""
     import ssl
 
     cases = [("smtps 465", 465, dict(wrap=True)), ("imaps 993", 993, dict(wrap=True)),
