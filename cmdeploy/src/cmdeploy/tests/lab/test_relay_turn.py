@@ -40,7 +40,7 @@ def relay(lab, tmp_path_factory):
 
 def metadata(lab, relay, key: str) -> str | None:
     """The value of server entry ``key`` over IMAP (after a login), None for NIL."""
-    out = probes.call(lab, "imap_commands", host=relay.domain, user=f"turn1@{relay.domain}",
+    out = probes.call(lab, "imap_commands", host=relay.domain, user=f"turnuser1@{relay.domain}",
                       password=PASSWORD, commands=[f'GETMETADATA "" {key}'])  # fmt: skip
     assert out["replies"][0].startswith("t0 OK") and out["replies"][1].startswith("t1 OK"), out
     lines = out["untagged"]
