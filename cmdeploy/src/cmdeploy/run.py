@@ -115,9 +115,12 @@ def constraints() -> str:
 
 def version() -> str:
     def git(*args):
-        return subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True
-        ).stdout
+        try:
+            return subprocess.run(
+                ["git", "-C", str(REPO), *args], capture_output=True, text=True
+            ).stdout
+        except OSError:  # no git here (a tree copied without it): the version is unknown
+            return ""
 
     rev = git("rev-parse", "HEAD").strip() or "unknown"
     return rev + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
