@@ -143,7 +143,8 @@ def served_cert(host, port, cafile, starttls=None, server_name=None) -> dict:
             tls = ctx.wrap_socket(raw, server_hostname=name)
             conn = tls
         cert = tls.getpeercert()
-        conn.close()
+        # imaplib's close() is the IMAP CLOSE command (illegal before login): just hang up.
+        conn.shutdown() if starttls == "imap" else conn.close()
     except (ssl.SSLError, OSError, smtplib.SMTPException, imaplib.IMAP4.error) as e:
         return {"error": f"{type(e).__name__}: {e}"}
     return {"serial": cert["serialNumber"], "not_after": cert["notAfter"],
