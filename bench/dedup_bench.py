@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from cmdeploy.lab.lab import Lab
-from cmdeploy.lab.relay import LabRelay, lab_relay
+from cmdeploy.lab.relay import LabRelay, deployed_relay, lab_relay
 
 from cmdeploy import loadgen
 
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lab = Lab()
     if args.no_deploy:
-        h = lab.host("relay1")
-        relay = LabRelay(h.name, h.domain, h.ip, args.workdir.resolve() / h.name)
+        relay = deployed_relay(lab, "relay1", args.workdir.resolve())
     else:
         relay = lab_relay(lab, "relay1", args.workdir.resolve(), {"max_load_1m": 1000})
     rcpts = loadgen.accounts(relay.domain, args.recipients, prefix="db")

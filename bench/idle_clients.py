@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cmdeploy.lab.host import cgroup_pids
 from cmdeploy.lab.lab import Lab
-from cmdeploy.lab.relay import LabRelay, lab_relay
+from cmdeploy.lab.relay import deployed_relay, lab_relay
 from cmdeploy.lab.stock import bench_password
 
 from cmdeploy import loadgen
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lab = Lab()
     if args.no_deploy:
-        h = lab.host("relay1")
-        relay = LabRelay(h.name, h.domain, h.ip, args.workdir.resolve() / h.name)
+        relay = deployed_relay(lab, "relay1", args.workdir.resolve())
     else:
         # Every account comes from the client namespace's one IP, under this machine's load.
         overrides = {"max_new_accounts_per_ip_burst": args.clients + 1000, "max_load_1m": 1000,

@@ -90,12 +90,17 @@ def publish_zone(lab: Lab, relay: LabRelay, ssh_host: str | None = None) -> str:
     return text
 
 
+def deployed_relay(lab: Lab, name: str, workdir: Path) -> LabRelay:
+    """The lab relay on host ``name`` whose operator files are in ``workdir`` (no deploy)."""
+    h = lab.host(name)
+    return LabRelay(name=h.name, domain=h.domain, ip=h.ip, workdir=workdir / h.name)
+
+
 def prepare_relay(lab: Lab, name: str, workdir: Path, overrides: dict | None = None) -> LabRelay:
     """Bring up the lab host ``name`` and write its config; nothing is deployed yet."""
     index = int(name.removeprefix("relay"))
     lab.up(hosts=max(index, len(lab.hosts())))
-    h = lab.host(name)
-    relay = LabRelay(name=h.name, domain=h.domain, ip=h.ip, workdir=workdir / h.name)
+    relay = deployed_relay(lab, name, workdir)
     if not relay.ini.exists() or overrides:
         write_config(lab, relay, overrides)
     read_config(relay.ini)  # a broken ini fails here with its own message

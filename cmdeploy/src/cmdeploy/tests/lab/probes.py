@@ -339,14 +339,18 @@ def call_background(lab, name: str, **kwargs) -> Background:
     return Background(lab, name, kwargs)
 
 
+def call_in_client_ns(lab, module: str, name: str, kwargs: dict):
+    """Run entry point ``name`` of ``module`` (its ``main``: name, JSON arguments) in the
+    lab's client namespace and return its JSON result."""
+    proc = lab.client_ns_run([sys.executable, "-m", module, name, json.dumps(kwargs)])
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {name} failed: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
 def call(lab, name: str, **kwargs):
     """Run probe ``name`` in the lab's client namespace and return its result."""
-    proc = lab.client_ns_run(
-        [sys.executable, "-m", "cmdeploy.tests.lab.probes", name, json.dumps(kwargs)]
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"probe {name} failed: {proc.stderr[-3000:]}")
-    return json.loads(proc.stdout)
+    return call_in_client_ns(lab, "cmdeploy.tests.lab.probes", name, kwargs)
 
 
 def main(argv: list[str]) -> None:

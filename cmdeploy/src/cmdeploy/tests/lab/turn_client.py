@@ -18,6 +18,8 @@ import struct
 import sys
 import time
 
+from cmdeploy.tests.lab.probes import call_in_client_ns
+
 MAGIC = 0x2112A442
 ALLOCATE, REFRESH, SEND, DATA, CREATE_PERMISSION = 0x003, 0x004, 0x016, 0x017, 0x008
 SUCCESS, ERROR = 0x100, 0x110
@@ -218,12 +220,7 @@ def _received(client: Client):
 
 def call(lab, name: str, **kwargs):
     """Run entry point ``name`` in the lab's client namespace and return its result."""
-    proc = lab.client_ns_run(
-        [sys.executable, "-m", "cmdeploy.tests.lab.turn_client", name, json.dumps(kwargs)]
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"turn_client {name} failed: {proc.stderr[-3000:]}")
-    return json.loads(proc.stdout)
+    return call_in_client_ns(lab, "cmdeploy.tests.lab.turn_client", name, kwargs)
 
 
 def main(argv: list[str]) -> None:
