@@ -12,7 +12,8 @@ venv/bin/pytest -q -m "not lab" "$@"
 
 echo "== lab end-to-end tests"
 set +e
-venv/bin/pytest -q -m lab "$@"
+# Tests marked "pending" do not pass yet (their issue is open and says why): left out here.
+venv/bin/pytest -q -m "lab and not pending" "$@"
 rc=$?
 set -e
 # 5 = nothing collected (no lab tests selected), not a failure of the suite.
