@@ -39,7 +39,13 @@ def new_user(relay) -> str:
 
 def encrypted(from_addr: str, to: str, subject: str = "secret subject") -> str:
     payload = mailgen.encrypted_payload(random.Random())
-    msg = mailgen.pgp_mime(mailgen.armor(payload), from_addr=from_addr, to=to, subject=subject)
+    msg = mailgen.pgp_mime(
+        mailgen.armor(payload),
+        from_addr=from_addr,
+        to=to,
+        subject=subject,
+        message_id=f"<{random.getrandbits(64):x}@lab.test>",
+    )
     return base64.b64encode(msg).decode()
 
 

@@ -15,7 +15,13 @@ from chatmaild.tests import mailgen
 
 def encrypted(from_addr: str, to: str, subject: str = "secret subject") -> bytes:
     payload = mailgen.encrypted_payload(random.Random())
-    return mailgen.pgp_mime(mailgen.armor(payload), from_addr=from_addr, to=to, subject=subject)
+    return mailgen.pgp_mime(
+        mailgen.armor(payload),
+        from_addr=from_addr,
+        to=to,
+        subject=subject,
+        message_id=f"<{random.getrandbits(64):x}@lab.test>",
+    )
 
 
 @pytest.fixture
