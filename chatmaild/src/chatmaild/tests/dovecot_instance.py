@@ -6,6 +6,7 @@ Used by the tests and by ``bench/doveauth_bench.py``. Everything lives in one di
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -20,6 +21,8 @@ from chatmaild.config import Config, read_config, render_initial_config
 from chatmaild.tests.procs import free_port
 
 DOMAIN = "chat.example.org"
+# prctl(2): the signal a child gets when the thread that started it dies.
+PR_SET_PDEATHSIG = 1
 
 
 def _wait_for(check, what: str, timeout: float = 15.0, proc=None) -> None:
@@ -148,6 +151,13 @@ user_key = userdb/%Eu
 """
 
 
+def _end_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process dies, even by SIGKILL or a
+    timeout, so that no Dovecot or service of a killed test run is left behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class DovecotInstance:
     """Dovecot + doveauth + lastlogin in ``directory``."""
 
@@ -253,7 +263,8 @@ class DovecotInstance:
         logfile = self.dir / f"{name}.stderr"
         self.logs[name] = logfile
         with open(logfile, "ab") as err:
-            proc = subprocess.Popen(argv, stdout=err, stderr=err, start_new_session=True)
+            proc = subprocess.Popen(argv, stdout=err, stderr=err, start_new_session=True,
+                                    preexec_fn=_end_with_parent)  # fmt: skip
         self.procs.append(proc)
         return proc
 
