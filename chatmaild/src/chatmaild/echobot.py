@@ -104,12 +104,18 @@ def on_new_message(event) -> None:
 
 def transport_params(config: Config, password: str) -> dict:
     """Delta Chat login settings of the bot's own account."""
-    return {
+    params = {
         "addr": bot_user(config).addr,
         "password": password,
         "imapServer": config.mail_domain,
         "smtpServer": config.mail_domain,
     }
+    # Delta Chat trusts only the public web CAs: a certificate from a private ACME CA or an
+    # operator's own CA would never verify, and the bot would never log in. It talks only to
+    # the relay it runs on, so it relaxes the check there; with a public CA it stays strict.
+    if config.acme_ca_file or config.tls_external_cert_and_key:
+        params["certificateChecks"] = "acceptInvalidCertificates"
+    return params
 
 
 def write_invite(state_dir: Path, invite: str) -> Path:

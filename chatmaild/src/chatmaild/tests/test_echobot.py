@@ -189,6 +189,17 @@ def test_bot_names_its_own_relay_as_servers():
     }
 
 
+def test_bot_relaxes_certificate_checks_only_for_a_private_ca():
+    from chatmaild.config import parse_config, render_initial_config
+    from chatmaild.echobot import transport_params
+
+    text = render_initial_config("chat.example.org")
+    assert "certificateChecks" not in transport_params(parse_config(text), "x" * 32)
+    private = text + "acme_ca_file = /etc/chatmail/lab-ca.pem\n"
+    params = transport_params(parse_config(private), "x" * 32)
+    assert params["certificateChecks"] == "acceptInvalidCertificates"
+
+
 def test_invite_is_written_atomically_and_readable(tmp_path):
     from chatmaild.echobot import write_invite
 
