@@ -16,7 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .util import LabError, run
+from .errors import LabError
+from .processes import run
 
 API_PORT = 14000
 MANAGEMENT_PORT = 15000

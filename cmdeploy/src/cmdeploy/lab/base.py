@@ -9,7 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .util import LabError, Progress, follow_lines
+from .errors import LabError
+from .progress import Progress, follow_lines
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"

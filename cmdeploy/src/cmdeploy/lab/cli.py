@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from . import relay
+from .errors import LabError
 from .lab import Lab
-from .util import LabError
 
 
 def register(subparsers) -> None:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .util import LabError
+from .errors import LabError
 
 NS_NAME = "ns.lab"
 SUPPORTED = {"A", "AAAA", "MX", "TXT", "SRV", "CNAME", "CAA", "NS", "SOA"}

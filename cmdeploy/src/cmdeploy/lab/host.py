@@ -13,7 +13,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .util import LabError, is_alive, reap, run, spawn_daemon
+from .errors import LabError
+from .processes import is_alive, reap, run, spawn_daemon
 
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 CGROUP_FS = Path("/sys/fs/cgroup")

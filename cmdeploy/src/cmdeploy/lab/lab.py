@@ -20,8 +20,10 @@ from pathlib import Path
 
 from . import acme, dns, forward, host, net, proxy
 from .base import ensure_base
+from .errors import LabError
 from .packages import install_missing
-from .util import LabError, Progress, is_alive, proc_start_time, run, spawn_daemon, stop_process
+from .processes import is_alive, proc_start_time, run, spawn_daemon, stop_process
+from .progress import Progress
 
 NS_NAME = dns.NS_NAME
 

@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .util import LabError, run
+from .errors import LabError
+from .processes import run
 
 NETNS_ETC = Path("/etc/netns")
 

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .util import LabError
+from .errors import LabError
 
 # Every program the lab runs on this machine, with the Debian package that ships it.
 # Programs of essential packages (coreutils, util-linux, mount, dpkg, apt) are listed too, so
