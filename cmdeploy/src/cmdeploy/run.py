@@ -168,7 +168,7 @@ def run_deploy(args, config: Config) -> int:
         }
         argv = [
             str(Path(sys.executable).parent / "pyinfra"), "-y",
-            str(remote.pyinfra_inventory(tmp)), str(Path(__file__).parent / "deploy.py"),
+            str(remote.pyinfra_inventory(tmp)), str(Path(__file__).parent / "pyinfra_deploy.py"),
         ]  # fmt: skip
         if args.dry_run:
             argv.insert(2, "--dry")

@@ -10,7 +10,7 @@ from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 
-from cmdeploy.deployer import Deployer, DeployError, as_file
+from cmdeploy.deployer_base import Deployer, DeployError, as_file
 from cmdeploy.dovecot import build
 from cmdeploy.services.deployer import VENV
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pyinfra.operations import apt, files, systemd
 
-from cmdeploy.deployer import Deployer
+from cmdeploy.deployer_base import Deployer
 
 
 class MtailDeployer(Deployer):

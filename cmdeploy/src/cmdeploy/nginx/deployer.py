@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pyinfra.operations import apt, files
 
-from cmdeploy.deployer import Deployer, as_file
+from cmdeploy.deployer_base import Deployer, as_file
 from cmdeploy.services.deployer import INI
 
 

@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
-from cmdeploy.deployer import Deployer
+from cmdeploy.deployer_base import Deployer
 
 KEY = "/etc/dkimkeys/opendkim.private"
 

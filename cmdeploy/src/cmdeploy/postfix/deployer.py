@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pyinfra.operations import apt, server, systemd
 
-from cmdeploy.deployer import Deployer
+from cmdeploy.deployer_base import Deployer
 
 # The Debian unit of the one Postfix instance; postfix.service only starts and stops it.
 INSTANCE_UNIT = "postfix@-"

@@ -11,7 +11,7 @@ from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
-from cmdeploy.deployer import Deployer
+from cmdeploy.deployer_base import Deployer
 
 BASE = "/usr/local/lib/chatmaild"
 VENV = f"{BASE}/venv"

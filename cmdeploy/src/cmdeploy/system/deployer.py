@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.facts.server import Sysctl
 from pyinfra.operations import apt, files, server, systemd
 
-from cmdeploy.deployer import Deployer, as_file
+from cmdeploy.deployer_base import Deployer, as_file
 
 INOTIFY = {"fs.inotify.max_user_instances": 65535, "fs.inotify.max_user_watches": 1048576}
 

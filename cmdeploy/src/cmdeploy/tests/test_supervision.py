@@ -19,7 +19,7 @@ import pytest
 from chatmaild.config import parse_config, render_initial_config
 
 from cmdeploy import status, status_probe
-from cmdeploy.deployer import DeployOptions
+from cmdeploy.deployer_base import DeployOptions
 from cmdeploy.dovecot.deployer import DovecotDeployer
 from cmdeploy.mtail.deployer import MtailDeployer
 from cmdeploy.nginx.deployer import NginxDeployer

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from chatmaild.config import parse_config, render_initial_config
 
-from cmdeploy.deployer import DeployOptions
+from cmdeploy.deployer_base import DeployOptions
 from cmdeploy.dovecot.deployer import DovecotDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
 from cmdeploy.opendkim.deployer import OpenDKIMDeployer

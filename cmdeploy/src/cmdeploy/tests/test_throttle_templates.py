@@ -5,7 +5,7 @@ import re
 from chatmaild.config import parse_config, render_initial_config
 from chatmaild.tests import dovecot_instance
 
-from cmdeploy.deployer import DeployOptions
+from cmdeploy.deployer_base import DeployOptions
 from cmdeploy.dovecot.deployer import DovecotDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
 from cmdeploy.tests.test_templates import doveconf_n

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from chatmaild.config import LETSENCRYPT_DIRECTORY, parse_config, read_config, render_initial_config
 
-from cmdeploy.deployer import DeployError, DeployOptions
+from cmdeploy.deployer_base import DeployError, DeployOptions
 from cmdeploy.dnsrecords import records
 from cmdeploy.lab import acme
 from cmdeploy.tests.test_dnsrecords import facts

@@ -15,7 +15,7 @@ import pytest
 from chatmaild.config import parse_config, render_initial_config
 
 from cmdeploy import status, status_probe
-from cmdeploy.deployer import DeployOptions
+from cmdeploy.deployer_base import DeployOptions
 from cmdeploy.tests.test_supervision import assert_restarts_quickly, effective
 from cmdeploy.turn import deployer as turn
 from cmdeploy.turn.deployer import TurnDeployer

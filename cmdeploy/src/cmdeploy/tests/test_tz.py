@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cmdeploy.deployer import DeployOptions
+from cmdeploy.deployer_base import DeployOptions
 from cmdeploy.postfix.deployer import PostfixDeployer
 from cmdeploy.services.deployer import DAEMONS, TIMERS, TZ_LINE, ServicesDeployer, unit_limits
 from cmdeploy.tests.test_supervision import config_with, effective

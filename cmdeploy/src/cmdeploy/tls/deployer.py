@@ -18,7 +18,7 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
-from cmdeploy.deployer import Deployer, DeployError, as_file
+from cmdeploy.deployer_base import Deployer, DeployError, as_file
 
 LETSENCRYPT_TERMS = "https://letsencrypt.org/documents/LE-SA-v1.5-February-24-2025.pdf"
 EXTRA_CA_DIR = "/usr/local/share/ca-certificates"

@@ -17,7 +17,7 @@ from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 
-from cmdeploy.deployer import Deployer
+from cmdeploy.deployer_base import Deployer
 
 CONF_DIR = str(TURN_SECRET_PATH.parent)
 SECRET = str(TURN_SECRET_PATH)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pyinfra.operations import apt, files
 
-from cmdeploy.deployer import Deployer
+from cmdeploy.deployer_base import Deployer
 
 
 class UnboundDeployer(Deployer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.operations import files
 
-from cmdeploy.deployer import Deployer
+from cmdeploy.deployer_base import Deployer
 from cmdeploy.www import prepare_website
 
 

@@ -1,4 +1,4 @@
-"""The pyinfra deploy file ``cmdeploy run`` hands to pyinfra (``pyinfra HOST deploy.py``).
+"""What pyinfra executes for ``cmdeploy run`` (``pyinfra HOST pyinfra_deploy.py``).
 
 Settings arrive in environment variables set by ``cmdeploy run``: CHATMAIL_INI,
 CHATMAIL_WHEEL, CHATMAIL_CONSTRAINTS, CHATMAIL_VERSION, CHATMAIL_DISABLE_MAIL,
@@ -12,7 +12,7 @@ import os
 from chatmaild.config import read_config
 from pyinfra.operations import files
 
-from cmdeploy.deployer import DeployOptions, as_file
+from cmdeploy.deployer_base import DeployOptions, as_file
 from cmdeploy.dovecot.deployer import DovecotDeployer
 from cmdeploy.mtail.deployer import MtailDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
