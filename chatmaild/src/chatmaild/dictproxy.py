@@ -361,15 +361,22 @@ class DictProxyServer:
                 writer.close()
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
-        """Listen until cancelled."""
-        try:
-            self.socket_path.unlink()
-        except FileNotFoundError:
-            pass
-        server = await asyncio.start_unix_server(
-            self._serve_connection, path=str(self.socket_path), limit=MAX_LINE, backlog=1000
-        )
-        log.info("listening on %s", self.socket_path)
+        """Listen until cancelled (on the socket systemd passed, if it did)."""
+        passed = sdnotify.listen_socket()
+        if passed is not None:
+            server = await asyncio.start_unix_server(
+                self._serve_connection, sock=passed, limit=MAX_LINE
+            )
+            log.info("listening on the socket passed by systemd")
+        else:
+            try:
+                self.socket_path.unlink()
+            except FileNotFoundError:
+                pass
+            server = await asyncio.start_unix_server(
+                self._serve_connection, path=str(self.socket_path), limit=MAX_LINE, backlog=1000
+            )
+            log.info("listening on %s", self.socket_path)
         sdnotify.ready()
         if ready is not None:
             ready.set()

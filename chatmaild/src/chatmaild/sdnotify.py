@@ -1,4 +1,5 @@
-"""Tell systemd that a service is ready (``sd_notify(3)``), without a library.
+"""The two systemd service protocols the chatmaild services speak, without a library:
+readiness (``sd_notify(3)``) and sockets passed by a socket unit (``sd_listen_fds(3)``).
 
 A unit with ``Type=notify`` counts as started only once its process sends ``READY=1`` to
 the datagram socket named in ``$NOTIFY_SOCKET``. The chatmaild services send it right after
@@ -37,3 +38,28 @@ def notify(state: str) -> bool:
 def ready() -> bool:
     """The service listens: let systemd mark the unit active."""
     return notify("READY=1")
+
+
+# sd_listen_fds(3): passed sockets start at this descriptor.
+LISTEN_FDS_START = 3
+
+
+def listen_socket(family: int = socket.AF_UNIX) -> socket.socket | None:
+    """The one listening socket systemd passed to this process, or None.
+
+    With a socket unit, systemd keeps listening while the service restarts or is stopped,
+    so clients wait in the backlog instead of failing to connect.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    # Not inherited by children (deltachat-rpc-server, pip): the variables name this PID.
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    if count != 1:
+        if count:
+            log.warning("expected one socket from systemd, got %d: binding my own", count)
+        return None
+    sock = socket.socket(family, socket.SOCK_STREAM, fileno=LISTEN_FDS_START)
+    sock.set_inheritable(False)
+    return sock

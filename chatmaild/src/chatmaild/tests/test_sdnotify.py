@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,41 @@ def test_filtermail_calls_ready_after_listening(tmp_path, monkeypatch):
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(proxy.serve(config, "outgoing"))
     assert seen == ["connected"]
+
+
+def _lastlogin_request(path: Path) -> bytes:
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(20)
+        conn.connect(str(path))
+        conn.sendall(b"H3\t2\t0\t\tlastlogin\nI0\t0\tshared/nothing\n")
+        return conn.recv(100)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-socket-activate"), reason="needs systemd")
+def test_dict_service_serves_the_socket_systemd_passed(tmp_path):
+    """systemd's own socket activation tool listens and starts the service only at the
+    first connection: that request waits in the backlog and is answered, as with a socket
+    unit while the service restarts; the service never binds its own path."""
+    own_path = tmp_path / "not-used.socket"
+    cmd = _console_script("lastlogin", "chatmaild.lastlogin")
+    for attempt in range(2):
+        dict_socket = tmp_path / f"lastlogin-{attempt}.socket"
+        activator = subprocess.Popen(
+            ["systemd-socket-activate", "-l", str(dict_socket), *cmd, str(own_path),
+             str(_ini(tmp_path))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while not dict_socket.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _lastlogin_request(dict_socket) == b"\n", attempt
+            assert not own_path.exists()
+        finally:
+            stop_process(activator)
+
+
+def test_listen_socket_ignores_variables_meant_for_another_process(monkeypatch):
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    assert sdnotify.listen_socket() is None
