@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .user import User, check_addr
+
 log = logging.getLogger(__name__)
 
 SECTION = "params"
@@ -22,11 +24,6 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
 _DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+{_LABEL}$")
 _SIZE_RE = re.compile(r"^(\d+)\s*([kmg]?)b?$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-# What doveauth stores: {SHA512-CRYPT}$6$<salt>$<86 characters of crypt base64>.
-_HASH_RE = re.compile(
-    r"^\{SHA512-CRYPT\}\$6\$(rounds=\d+\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$"
-)
 
 # Localparts allowed at account creation (newest reference rule).
 LOCALPART_RE = re.compile(r"^[a-z0-9._-]+$")
@@ -157,103 +154,61 @@ def _cert_and_key(text: str) -> tuple[Path, Path] | None:
 
 LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 
-# key -> (parser, default as ini text); a None default means "absent unless set".
-_KEYS: dict[str, tuple] = {
-    "mail_domain": (_domain, None),
-    "max_user_send_per_minute": (_positive_int, "60"),
-    "max_user_send_burst_size": (_positive_int, "10"),
-    "max_mailbox_size": (_size, "500M"),
-    "max_message_size": (_size, "31457280"),
-    "delete_mails_after": (_positive_int, "20"),
-    "delete_large_after": (_positive_int, "7"),
-    "delete_inactive_users_after": (_positive_int, "90"),
-    "username_min_length": (_positive_int, "9"),
-    "username_max_length": (_positive_int, "9"),
-    "password_min_length": (_positive_int, "9"),
-    "max_new_accounts_per_ip_per_hour": (_positive_int, "60"),
-    "max_new_accounts_per_ip_burst": (_positive_int, "100"),
-    "max_load_1m": (_float, "5"),
-    "min_available_memory": (_size, "200M"),
-    "min_free_disk_space": (_size, "1G"),
-    "max_imap_connections": (_positive_int, "10000"),
-    "max_smtp_connections": (_positive_int, "1000"),
-    "tls_external_cert_and_key": (_cert_and_key, ""),
-    "www_folder": (_str, ""),
-    "acme_email": (_str, ""),
-    "acme_directory_url": (_url, LETSENCRYPT_DIRECTORY),
-    "acme_ca_file": (_str, ""),
-    "disable_ipv6": (_bool, "false"),
-    "imap_rawlog": (_bool, "false"),
-    "imap_compress": (_bool, "false"),
-    "dovecot_package": (_dovecot_package, "patched"),
-    "dovecot_allow_outdated_source": (_bool, "false"),
-    "iroh_relay": (_str, None),
-    "mtail_address": (_str, None),
-    "filtermail_smtp_port": (_port, "10080"),
-    "filtermail_smtp_port_incoming": (_port, "10081"),
-    "postfix_reinject_port": (_port, "10025"),
-    "postfix_reinject_port_incoming": (_port, "10026"),
-    "postfix_reinject_port_local": (_port, "10027"),
-    "notification_url": (_url, "https://notifications.delta.chat/notify"),
-    "privacy_postal": (_str, ""),
-    "privacy_mail": (_str, ""),
-    "privacy_pdo": (_str, ""),
-    "privacy_supervisor": (_str, ""),
-    "mailboxes_dir": (_abs_path, None),
-    "nocreate_file": (_abs_path, "/etc/chatmail-nocreate"),
-    "dns_forward_zones": (_forward_zones, ""),
-    "rate_limit_exempt": (_addresses, ""),
-}
+
+def _key(parse, default: str | None):
+    """An ini key: its parser and its default as ini text (None: absent unless set)."""
+    return field(metadata={"parse": parse, "default": default})
 
 
 @dataclass(frozen=True)
 class Config:
     """All settings of one relay. Sizes are bytes, durations are days."""
 
-    mail_domain: str
-    max_user_send_per_minute: int
-    max_user_send_burst_size: int
-    max_mailbox_size: int
-    max_message_size: int
-    delete_mails_after: int
-    delete_large_after: int
-    delete_inactive_users_after: int
-    username_min_length: int
-    username_max_length: int
-    password_min_length: int
-    max_new_accounts_per_ip_per_hour: int
-    max_new_accounts_per_ip_burst: int
-    max_load_1m: float
-    min_available_memory: int
-    min_free_disk_space: int
-    max_imap_connections: int
-    max_smtp_connections: int
-    tls_external_cert_and_key: tuple[Path, Path] | None
-    www_folder: str
-    acme_email: str
-    acme_directory_url: str
-    acme_ca_file: str
-    disable_ipv6: bool
-    imap_rawlog: bool
-    imap_compress: bool
-    dovecot_package: str
-    dovecot_allow_outdated_source: bool
-    iroh_relay: str | None
-    mtail_address: str | None
-    filtermail_smtp_port: int
-    filtermail_smtp_port_incoming: int
-    postfix_reinject_port: int
-    postfix_reinject_port_incoming: int
-    postfix_reinject_port_local: int
-    notification_url: str
-    privacy_postal: str
-    privacy_mail: str
-    privacy_pdo: str
-    privacy_supervisor: str
-    mailboxes_dir: Path
-    nocreate_file: Path
-    dns_forward_zones: tuple[tuple[str, str], ...]
-    rate_limit_exempt: frozenset[str]
+    mail_domain: str = _key(_domain, None)
+    max_user_send_per_minute: int = _key(_positive_int, "60")
+    max_user_send_burst_size: int = _key(_positive_int, "10")
+    max_mailbox_size: int = _key(_size, "500M")
+    max_message_size: int = _key(_size, "31457280")
+    delete_mails_after: int = _key(_positive_int, "20")
+    delete_large_after: int = _key(_positive_int, "7")
+    delete_inactive_users_after: int = _key(_positive_int, "90")
+    username_min_length: int = _key(_positive_int, "9")
+    username_max_length: int = _key(_positive_int, "9")
+    password_min_length: int = _key(_positive_int, "9")
+    max_new_accounts_per_ip_per_hour: int = _key(_positive_int, "60")
+    max_new_accounts_per_ip_burst: int = _key(_positive_int, "100")
+    max_load_1m: float = _key(_float, "5")
+    min_available_memory: int = _key(_size, "200M")
+    min_free_disk_space: int = _key(_size, "1G")
+    max_imap_connections: int = _key(_positive_int, "10000")
+    max_smtp_connections: int = _key(_positive_int, "1000")
+    tls_external_cert_and_key: tuple[Path, Path] | None = _key(_cert_and_key, "")
+    www_folder: str = _key(_str, "")
+    acme_email: str = _key(_str, "")
+    acme_directory_url: str = _key(_url, LETSENCRYPT_DIRECTORY)
+    acme_ca_file: str = _key(_str, "")
+    disable_ipv6: bool = _key(_bool, "false")
+    imap_rawlog: bool = _key(_bool, "false")
+    imap_compress: bool = _key(_bool, "false")
+    dovecot_package: str = _key(_dovecot_package, "patched")
+    dovecot_allow_outdated_source: bool = _key(_bool, "false")
+    iroh_relay: str | None = _key(_str, None)
+    mtail_address: str | None = _key(_str, None)
+    filtermail_smtp_port: int = _key(_port, "10080")
+    filtermail_smtp_port_incoming: int = _key(_port, "10081")
+    postfix_reinject_port: int = _key(_port, "10025")
+    postfix_reinject_port_incoming: int = _key(_port, "10026")
+    postfix_reinject_port_local: int = _key(_port, "10027")
+    notification_url: str = _key(_url, "https://notifications.delta.chat/notify")
+    privacy_postal: str = _key(_str, "")
+    privacy_mail: str = _key(_str, "")
+    privacy_pdo: str = _key(_str, "")
+    privacy_supervisor: str = _key(_str, "")
+    mailboxes_dir: Path = _key(_abs_path, None)
+    nocreate_file: Path = _key(_abs_path, "/etc/chatmail-nocreate")
+    dns_forward_zones: tuple[tuple[str, str], ...] = _key(_forward_zones, "")
+    rate_limit_exempt: frozenset[str] = _key(_addresses, "")
+    # Not ini keys: where the file came from and what in it was not understood.
     config_path: Path | None = None
     unknown_keys: tuple[str, ...] = field(default=())
 
@@ -294,7 +249,7 @@ class Config:
 
     def get_user(self, addr: str) -> User:
         """The account ``addr`` of this relay; ValueError for anything that is not one."""
-        return User(self, _check_addr(addr, self.mail_domain))
+        return User(self, check_addr(addr, self.mail_domain))
 
     def is_localpart_allowed(self, localpart: str) -> bool:
         """Whether a new account may use this local part (length and charset)."""
@@ -304,66 +259,12 @@ class Config:
         )
 
 
-def _check_addr(addr, domain: str) -> str:
-    # This is the single guard between a login name and the filesystem.
-    if not isinstance(addr, str) or not addr:
-        raise ValueError(f"not an address: {addr!r}")
-    localpart, sep, addr_domain = addr.rpartition("@")
-    if not sep or addr_domain != domain:
-        raise ValueError(f"not an address of {domain}: {addr!r}")
-    if (
-        not localpart
-        or "@" in localpart
-        or "/" in localpart
-        or "\\" in localpart
-        or "\x00" in localpart
-        or localpart.startswith(".")
-        or localpart.endswith(".")
-        or ".." in localpart
-        or any(c.isspace() or not c.isprintable() for c in localpart)
-    ):
-        raise ValueError(f"invalid local part in {addr!r}")
-    return addr
-
-
-@dataclass(frozen=True)
-class User:
-    """Paths of one account; all state lives in its maildir."""
-
-    config: Config
-    addr: str
-
-    @property
-    def localpart(self) -> str:
-        return self.addr.rsplit("@", 1)[0]
-
-    @property
-    def maildir(self) -> Path:
-        return self.config.mailboxes_dir / self.addr
-
-    @property
-    def password_path(self) -> Path:
-        return self.maildir / "password"
-
-    @property
-    def enforce_e2ee_path(self) -> Path:
-        return self.maildir / "enforceE2EEincoming"
-
-    @property
-    def metadata_path(self) -> Path:
-        return self.maildir / "metadata.json"
-
-    def get_password_hash(self) -> str | None:
-        """The stored hash, or None if the account does not exist (an empty file included)."""
-        try:
-            data = self.password_path.read_text("ascii").strip()
-        except FileNotFoundError:
-            return None
-        if not _HASH_RE.match(data):
-            # Empty or cut short by a crash: creating the account again repairs it.
-            log.error("damaged password file for %s, treating account as missing", self.addr)
-            return None
-        return data
+# key -> (parser, default as ini text), in the order of the Config fields.
+_KEYS: dict[str, tuple] = {
+    f.name: (f.metadata["parse"], f.metadata["default"])
+    for f in dataclasses.fields(Config)
+    if "parse" in f.metadata
+}
 
 
 def parse_config(text: str, path: Path | None = None, overrides: dict | None = None) -> Config:
