@@ -32,12 +32,13 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sdnotify
+from .config import Config, read_config
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ class DictHandler:
         """Apply one write of a committed transaction (value None = unset)."""
         log.warning("set ignored: this dict is read-only")
         return False
+
+    def close(self) -> None:
+        """Stop what the handler started (threads), once the server has stopped."""
 
 
 @dataclass
@@ -405,3 +409,16 @@ def setup_logging() -> None:
         level=os.environ.get("CHATMAIL_LOGLEVEL", "INFO").upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
+
+
+def main(prog: str, make_handler: Callable[[Config], DictHandler], argv: list[str] | None) -> None:
+    """``<prog> <socket> <chatmail.ini>``: the command line of every dict service."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        sys.exit(f"usage: {prog} SOCKET CHATMAIL_INI")
+    setup_logging()
+    handler = make_handler(read_config(args[1]))
+    try:
+        DictProxyServer(handler, args[0]).run()
+    finally:
+        handler.close()

@@ -30,8 +30,9 @@ import threading
 import time
 from collections.abc import Iterable
 
-from .config import Config, User, read_config
-from .dictproxy import NOT_CACHED, DictFailure, DictHandler, DictProxyServer, setup_logging
+from . import dictproxy
+from .config import Config, User
+from .dictproxy import NOT_CACHED, DictFailure, DictHandler
 from .filtermail.ratelimit import RateLimiter
 from .fsutil import write_atomic
 from .hashing import hash_password
@@ -398,12 +399,7 @@ def _make_maildir(user: User) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``doveauth <socket> <chatmail.ini>``"""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        sys.exit("usage: doveauth SOCKET CHATMAIL_INI")
-    setup_logging()
-    config = read_config(args[1])
-    DictProxyServer(AuthDict(config), args[0]).run()
+    dictproxy.main("doveauth", AuthDict, argv)
 
 
 if __name__ == "__main__":

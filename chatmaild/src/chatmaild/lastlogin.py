@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
-from .config import Config, read_config
-from .dictproxy import DictHandler, DictProxyServer, setup_logging
+from . import dictproxy
+from .config import Config
+from .dictproxy import DictHandler
 
 log = logging.getLogger("lastlogin")
 
@@ -49,11 +49,7 @@ class LastLoginDict(DictHandler):
 
 def main(argv: list[str] | None = None) -> None:
     """``lastlogin <socket> <chatmail.ini>``"""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        sys.exit("usage: lastlogin SOCKET CHATMAIL_INI")
-    setup_logging()
-    DictProxyServer(LastLoginDict(read_config(args[1])), args[0]).run()
+    dictproxy.main("lastlogin", LastLoginDict, argv)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import filelock
 
-from .config import Config, User, read_config
-from .dictproxy import DictFailure, DictHandler, DictProxyServer, setup_logging
+from . import dictproxy
+from .config import Config, User
+from .dictproxy import DictFailure, DictHandler
 from .fsutil import write_atomic
 from .notifier import QUEUE_DIRNAME, Notifier
 
@@ -245,6 +246,10 @@ class MetadataDict(DictHandler):
         self.appversions_path = appversions_path
         self.clock = clock
 
+    def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stop(timeout=1)
+
     def lookup(self, key: str, user: str | None) -> str | None:
         split = _split_key(key)
         if split == ("priv", "devicetoken"):
@@ -306,23 +311,20 @@ class MetadataDict(DictHandler):
         return False
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``chatmail-metadata <socket> <chatmail.ini>``"""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        sys.exit("usage: chatmail-metadata SOCKET CHATMAIL_INI")
-    setup_logging()
-    config = read_config(args[1])
+def _open(config: Config) -> MetadataDict:
+    """The metadata dict with its notifier running."""
     if not config.mailboxes_dir.is_dir():
         sys.exit(f"mailboxes_dir {config.mailboxes_dir} does not exist; deploy the relay first")
     store = MetadataStore(config)
     notifier = Notifier(
         config.mailboxes_dir / QUEUE_DIRNAME, config.notification_url, store.remove_token
     ).start()
-    try:
-        DictProxyServer(MetadataDict(config, store, notifier), args[0]).run()
-    finally:
-        notifier.stop(timeout=1)
+    return MetadataDict(config, store, notifier)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``chatmail-metadata <socket> <chatmail.ini>``"""
+    dictproxy.main("chatmail-metadata", _open, argv)
 
 
 if __name__ == "__main__":

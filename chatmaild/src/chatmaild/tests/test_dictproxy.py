@@ -284,3 +284,37 @@ def test_random_bytes_never_break_the_server(served, data):
     c.sock.sendall(data.replace(b"\n", b"") + b"\n")
     c.close()
     assert connect().request("Lshared/answer") == "O42"
+
+
+# --- the shared command line of the dict services ---
+
+
+def test_service_main_without_two_arguments_prints_its_usage():
+    from chatmaild import dictproxy
+
+    with pytest.raises(SystemExit) as exc:
+        dictproxy.main("lastlogin", lambda config: DictHandler(), ["only-a-socket"])
+    assert exc.value.code == "usage: lastlogin SOCKET CHATMAIL_INI"
+
+
+def test_service_main_closes_the_handler_when_the_server_cannot_start(tmp_path):
+    from chatmaild import dictproxy
+
+    ini = tmp_path / "chatmail.ini"
+    ini.write_text("[params]\nmail_domain = example.org\n")
+    made = []
+
+    class Closing(DictHandler):
+        def __init__(self, config):
+            self.config = config
+            self.closed = False
+            made.append(self)
+
+        def close(self):
+            self.closed = True
+
+    # The socket's directory does not exist, so listening fails after the handler started.
+    with pytest.raises(OSError):
+        dictproxy.main("x", Closing, [str(tmp_path / "missing" / "s"), str(ini)])
+    assert [h.config.mail_domain for h in made] == ["example.org"]
+    assert made[0].closed
