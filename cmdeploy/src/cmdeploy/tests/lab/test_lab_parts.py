@@ -12,8 +12,6 @@ from cmdeploy.lab import LabError
 from cmdeploy.lab import dns as labdns
 from cmdeploy.lab import lab as labmod
 
-pytestmark = pytest.mark.lab
-
 
 def test_bind_zone_lines_become_dnsmasq_records():
     text = "\n".join(
