@@ -196,6 +196,8 @@ class Config:
     mtail_address: str | None = _key(_str, None)
     filtermail_smtp_port: int = _key(_port, "10080")
     filtermail_smtp_port_incoming: int = _key(_port, "10081")
+    filtermail_http_port_incoming: int = _key(_port, "10082")
+    mxdeliv_transport_port: int = _key(_port, "10083")
     postfix_reinject_port: int = _key(_port, "10025")
     postfix_reinject_port_incoming: int = _key(_port, "10026")
     postfix_reinject_port_local: int = _key(_port, "10027")
@@ -302,9 +304,8 @@ def parse_config(text: str, path: Path | None = None, overrides: dict | None = N
             f"than username_max_length = {values['username_max_length']}"
         )
 
+    # Unknown keys are the caller's to report (cmdeploy warns about them once).
     unknown = tuple(sorted(set(raw) - set(_KEYS)))
-    for key in unknown:
-        log.warning("%s: unknown key %r is ignored (misspelled or outdated?)", where, key)
     return Config(**values, config_path=path, unknown_keys=unknown)
 
 
