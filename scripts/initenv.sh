@@ -12,6 +12,6 @@ fi
 stamp=venv/.installed
 if [ ! -f "$stamp" ] || [ chatmaild/pyproject.toml -nt "$stamp" ] || [ cmdeploy/pyproject.toml -nt "$stamp" ]; then
     # The machine's pip config names local indexes that may be absent; hide that noise only.
-    venv/bin/pip install -q -e 'chatmaild[test]' -e cmdeploy 2> >(grep -v 'is ignored: it is \(n\)\?either' >&2)
+    venv/bin/pip install -q -e 'chatmaild[test]' -e 'cmdeploy[test,dev]' 2> >(grep -v 'is ignored: it is \(n\)\?either' >&2)
     touch "$stamp"
 fi
