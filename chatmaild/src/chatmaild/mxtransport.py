@@ -171,16 +171,21 @@ class Router:
         except Exception as e:
             log.exception("Delivery to %s failed: %s", domain, e)
             replies = [LOCAL_ERROR] * len(rcpts)
-        for path in ("HTTPS", "SMTP"):
-            n = sum(r == f"250 OK ({path})" for r in replies)
-            if n:
-                log.info("Delivered via %s to %s: %d recipients", path, domain, n)
-        deferred = sum(r.startswith("4") for r in replies)
+        # One line per domain and outcome; chatmail.mtail counts them per path.
+        https = sum(r == OK_HTTPS for r in replies)
+        if https:
+            log.info("Delivered via HTTPS to %s: %d recipients", domain, https)
+        smtp = sum(r == OK_SMTP for r in replies)
+        if smtp:
+            log.info("Delivered via SMTP to %s: %d recipients", domain, smtp)
+        deferred = [r for r in replies if r.startswith("4")]
         if deferred:
-            log.info("Deferred delivery to %s: %d recipients: %s", domain, deferred, replies[0])
-        bounced = sum(r.startswith("5") for r in replies)
+            log.info(
+                "Deferred delivery to %s: %d recipients: %s", domain, len(deferred), deferred[0]
+            )
+        bounced = [r for r in replies if r.startswith("5")]
         if bounced:
-            log.info("Bounced delivery to %s: %d recipients", domain, bounced)
+            log.info("Bounced delivery to %s: %d recipients: %s", domain, len(bounced), bounced[0])
         return replies
 
     async def hosts(self, domain: str) -> list[str] | str:

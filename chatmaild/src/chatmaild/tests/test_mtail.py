@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import chatmaild
+from chatmaild.filtermail.mxdeliv import LOG_FORMAT as MXDELIV_LOG
 from chatmaild.quota_expire import expire_to_quota
 
 from .dovecot_instance import DOMAIN, DovecotInstance, free_port
@@ -160,7 +161,47 @@ FILTERMAIL_EXPECTED = {
     "Incoming: Rejected unknown recipient.": {"incoming_rejected_unknown_recipient_count"},
 }
 
+
+def mxdeliv_line(status: int, code: str) -> str:
+    return journal("filtermail", MXDELIV_LOG % (status, code, "192.0.2.7", 1))
+
+
+# chatmail-mxtransport's delivery lines, by the text they start with.
+MXTRANSPORT_EXPECTED = {
+    "Delivered via HTTPS to": {"outgoing_https_delivery_count"},
+    "Delivered via SMTP to": {"outgoing_smtp_delivery_count"},
+    "Deferred delivery to": {"outgoing_deferred_delivery_count"},
+    "Bounced delivery to": {"outgoing_bounced_delivery_count"},
+}
+
+
+def mxtransport_lines() -> dict[str, set[str]]:
+    """mxtransport's logging calls as journal lines (arguments filled in) -> counters."""
+    lines = {}
+    for node in ast.walk(ast.parse((PKG / "mxtransport.py").read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "info"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and str(node.args[0].value).startswith(tuple(MXTRANSPORT_EXPECTED))
+        ):
+            # Arguments in order: the domain, the number of recipients, the first reply.
+            args = ("other.example.org", 2, "451 4.4.1 Failed to connect")
+            text = node.args[0].value % args[: node.args[0].value.count("%")]
+            key = next(k for k in MXTRANSPORT_EXPECTED if text.startswith(k))
+            lines[journal("chatmail-mxtransport", text)] = MXTRANSPORT_EXPECTED[key]
+    return lines
+
+
 SAMPLE_LINES = {
+    mxdeliv_line(200, "250"): {"mxdeliv_requests": 1, "mxdeliv_delivered": 1},
+    mxdeliv_line(400, "554"): {"mxdeliv_requests": 1, "mxdeliv_refused": 1},
+    mxdeliv_line(413, "552"): {"mxdeliv_requests": 1, "mxdeliv_refused": 1},
+    mxdeliv_line(400, "451"): {"mxdeliv_requests": 1, "mxdeliv_deferred": 1},
+    mxdeliv_line(503, "451"): {"mxdeliv_requests": 1, "mxdeliv_unavailable": 1},
+    mxdeliv_line(405, "-"): {"mxdeliv_requests": 1},
     # OpenDKIM, dkimf_add_signature (syslog via journald)
     journal(
         "opendkim", "4Xk2Lq1T0Rz3: DKIM-Signature field added (s=opendkim, d=chat.example.org)"
@@ -236,6 +277,8 @@ def all_lines(real_lines, tmp_path, capfd):
         },
         **SAMPLE_LINES,
     }
+    for line, names in mxtransport_lines().items():
+        lines[line] = dict.fromkeys(names, 1)
     for text in filtermail_messages():
         if text.startswith(("Outgoing:", "Incoming:")):
             lines[journal("filtermail", text)] = dict.fromkeys(FILTERMAIL_EXPECTED[text], 1)
@@ -251,6 +294,12 @@ def test_real_lines_look_as_expected(real_lines):
 def test_filtermail_lines_are_all_known():
     texts = {t for t in filtermail_messages() if t.startswith(("Outgoing:", "Incoming:"))}
     assert texts == set(FILTERMAIL_EXPECTED)
+
+
+def test_mxtransport_lines_are_all_known():
+    starts = {next(k for k in MXTRANSPORT_EXPECTED if line.split(": ", 1)[1].startswith(k))
+              for line in mxtransport_lines()}  # fmt: skip
+    assert starts == set(MXTRANSPORT_EXPECTED)
 
 
 def test_every_regex_matches_its_real_line(all_lines):
