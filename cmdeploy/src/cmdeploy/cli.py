@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
 
-from chatmaild.config import ConfigError, is_valid_domain, read_config, render_initial_config
+from chatmaild.config import is_valid_domain, render_initial_config
 
+from cmdeploy import cmd_bench, cmd_run, cmd_tests, dnsrecords, status
+from cmdeploy.cmdline import fail
+from cmdeploy.lab import cli as lab_cli
+from cmdeploy.website import webdev
 
-def _red(text: str) -> str:
-    return f"\x1b[31m{text}\x1b[0m" if sys.stderr.isatty() else text
-
-
-def fail(message: str) -> int:
-    print(_red(message), file=sys.stderr)
-    return 1
+# Each module adds its subcommands with register(subparsers); keeping them apart lets
+# every component own its command without touching this file.
+SUBCOMMAND_MODULES = (cmd_run, dnsrecords, status, cmd_tests, cmd_bench, webdev, lab_cli)
 
 
 def init_cmd(args) -> int:
@@ -34,17 +33,6 @@ def init_cmd(args) -> int:
     path.write_text(render_initial_config(domain))
     print(f"wrote {path} for {domain}; review it, then run 'cmdeploy run'")
     return 0
-
-
-def load_config(args):
-    """The parsed config named by --config, or exit with a one-line error."""
-    try:
-        config = read_config(args.config)
-    except ConfigError as e:
-        sys.exit(fail(str(e)))
-    for key in config.unknown_keys:
-        print(_red(f"warning: {args.config}: unknown key {key!r} is ignored"), file=sys.stderr)
-    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,20 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=init_cmd)
 
     for module in SUBCOMMAND_MODULES:
-        importlib.import_module(module).register(sub)
+        module.register(sub)
     return parser
-
-
-# Each module adds its subcommands with register(subparsers); keeping them apart lets
-# every component own its command without touching this file.
-SUBCOMMAND_MODULES = [
-    "cmdeploy.run",
-    "cmdeploy.dnsrecords",
-    "cmdeploy.status",
-    "cmdeploy.online",
-    "cmdeploy.www",
-    "cmdeploy.lab.cli",
-]
 
 
 def main(argv: list[str] | None = None) -> int:

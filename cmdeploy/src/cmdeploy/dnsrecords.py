@@ -21,6 +21,7 @@ import dns.rdatatype
 import dns.resolver
 from chatmaild.config import LETSENCRYPT_DIRECTORY, Config
 
+from cmdeploy.cmdline import add_ssh_host, fail, load_config, red, remote_for
 from cmdeploy.remote import Remote, RemoteError
 
 TTL = 3600
@@ -184,10 +185,8 @@ def check(config: Config, facts: RelayFacts, resolver) -> tuple[list[Record], li
 
 
 def dns_cmd(args) -> int:
-    from cmdeploy.cli import fail, load_config
-
     config = load_config(args)
-    remote = Remote(args.ssh_host or config.mail_domain, ssh_config=args.ssh_config)
+    remote = remote_for(args, config)
     resolver = make_resolver(args.dns_server)
     try:
         facts = gather_facts(remote, config, resolver)
@@ -202,7 +201,7 @@ def dns_cmd(args) -> int:
     except dns.exception.DNSException as e:
         return fail(f"cannot find the nameserver of {config.mail_domain}: {e}")
     if missing_req:
-        print(fail_text("Please set required DNS entries at your DNS provider:"))
+        print(red("Please set required DNS entries at your DNS provider:", sys.stdout))
         for rec in missing_req:
             print(rec.zone_line())
     if missing_rec:
@@ -214,13 +213,9 @@ def dns_cmd(args) -> int:
     return 1 if missing_req else 0
 
 
-def fail_text(text: str) -> str:
-    return f"\x1b[31m{text}\x1b[0m" if sys.stdout.isatty() else text
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("dns", help="show and check the DNS records of the relay")
     p.add_argument("--zonefile", type=Path, help="write the records as a BIND zone file")
-    p.add_argument("--ssh-host", help="connect to this host instead of mail_domain")
+    add_ssh_host(p)
     p.add_argument("--dns-server", help="resolver to find the zone's nameserver (e.g. the lab DNS)")
     p.set_defaults(func=dns_cmd)

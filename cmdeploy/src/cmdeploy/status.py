@@ -12,7 +12,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmdeploy.remote import Remote, RemoteError
+from cmdeploy.cmdline import add_ssh_host, fail, load_config, remote_for
+from cmdeploy.remote import RemoteError
 from cmdeploy.services.deployer import DAEMONS, SASL_SOCKET
 
 PROBE_SOURCE = Path(__file__).with_name("status_probe.py")
@@ -89,6 +90,13 @@ def components(config) -> list[Component]:
         Component("filtermail-incoming", "filtermail-incoming", (
             tcp(f"smtp {config.filtermail_smtp_port_incoming}", "smtp",
                 config.filtermail_smtp_port_incoming),
+            # /mxdeliv answers a GET with 405: the HTTP side is up.
+            tcp(f"http {config.filtermail_http_port_incoming}", "http",
+                config.filtermail_http_port_incoming, url="/mxdeliv"),
+        )),
+        # Its LMTP greeting: Postfix's default_transport answers.
+        Component("chatmail-mxtransport", "chatmail-mxtransport", (
+            tcp(f"lmtp {config.mxdeliv_transport_port}", "smtp", config.mxdeliv_transport_port),
         )),
         # It only relays Dovecot's auth protocol: accepting a connection is its answer.
         Component("chatmail-saslproxy", "chatmail-saslproxy",
@@ -228,10 +236,8 @@ def served_lines(cert: str | None, served: dict[int, str]) -> str:
 
 
 def status_cmd(args) -> int:
-    from cmdeploy.cli import fail, load_config
-
     config = load_config(args)
-    remote = Remote(args.ssh_host or config.mail_domain, ssh_config=args.ssh_config)
+    remote = remote_for(args, config)
     print(f"chatmail domain: {config.mail_domain}")
     if config.has_privacy_contacts:
         print("privacy settings: present")
@@ -267,5 +273,5 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "status", help="check that every service of the relay answers; certificate and queue"
     )
-    p.add_argument("--ssh-host", help="connect to this host instead of mail_domain")
+    add_ssh_host(p)
     p.set_defaults(func=status_cmd)

@@ -15,6 +15,8 @@ from pathlib import Path
 from chatmaild.config import read_config, render_initial_config
 from chatmaild.newemail import create_credentials
 
+from cmdeploy.cmdline import fail
+
 from . import forward
 from .lab import Lab
 
@@ -214,8 +216,6 @@ def _qr_text(text: str) -> str:
 
 
 def relay_cmd(args) -> int:
-    from cmdeploy.cli import fail
-
     lab = Lab()
     overrides = dict(item.split("=", 1) for item in args.set)
     try:

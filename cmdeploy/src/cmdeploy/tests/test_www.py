@@ -10,8 +10,17 @@ import pytest
 from chatmaild.config import ConfigError, parse_config
 from PIL import Image
 
-from cmdeploy import www
 from cmdeploy.tests.www_browser import ZBARIMG, decode_qr
+from cmdeploy.website.build import (
+    REPO_WWW,
+    WebsiteError,
+    build_webpage,
+    number_word,
+    prepare_website,
+    www_paths,
+)
+from cmdeploy.website.privacy import PrivacyContactError, check_privacy
+from cmdeploy.website.qr import invite_uri
 
 CONTACTS = {
     "privacy_mail": "privacy@example.org",
@@ -27,11 +36,11 @@ def make_config(domain: str = "chat.example.org", path: Path | None = None, **ov
 @pytest.fixture
 def src(tmp_path) -> Path:
     """A private copy of the real page sources, so tests may change them."""
-    return Path(shutil.copytree(www.REPO_WWW / "src", tmp_path / "src"))
+    return Path(shutil.copytree(REPO_WWW / "src", tmp_path / "src"))
 
 
 def build(src: Path, config, **kwargs) -> Path:
-    return www.build_webpage(config, src, src.parent / "build", **kwargs)
+    return build_webpage(config, src, src.parent / "build", **kwargs)
 
 
 def text_of(html: str) -> str:
@@ -43,7 +52,7 @@ def text_of(html: str) -> str:
     [(0, "zero"), (1, "one"), (9, "nine"), (12, "twelve"), (13, "13"), (50, "50"), (51, "more")],
 )
 def test_number_word_follows_reference_pages(n, word):
-    assert www.number_word(n) == word
+    assert number_word(n) == word
 
 
 def test_build_writes_pages_assets_and_qr_but_not_the_layout(src):
@@ -128,8 +137,8 @@ def test_privacy_page_of_test_relay_without_contacts_says_so(src):
 
 def test_check_privacy_stops_public_relay_without_contacts(tmp_path):
     ini = tmp_path / "chatmail.ini"
-    with pytest.raises(www.PrivacyContactError) as e:
-        www.check_privacy(make_config(path=ini))
+    with pytest.raises(PrivacyContactError) as e:
+        check_privacy(make_config(path=ini))
     message = str(e.value)
     assert str(ini) in message
     assert "privacy_mail and privacy_postal" in message
@@ -138,18 +147,18 @@ def test_check_privacy_stops_public_relay_without_contacts(tmp_path):
 
 
 def test_check_privacy_names_the_one_missing_contact():
-    with pytest.raises(www.PrivacyContactError, match=r"set privacy_postal so"):
-        www.check_privacy(make_config(privacy_mail="privacy@example.org"))
+    with pytest.raises(PrivacyContactError, match=r"set privacy_postal so"):
+        check_privacy(make_config(privacy_mail="privacy@example.org"))
 
 
 def test_check_privacy_refuses_a_privacy_mail_that_is_no_address():
-    with pytest.raises(www.PrivacyContactError, match="is not a mail address"):
-        www.check_privacy(make_config(**{**CONTACTS, "privacy_mail": "call us"}))
+    with pytest.raises(PrivacyContactError, match="is not a mail address"):
+        check_privacy(make_config(**{**CONTACTS, "privacy_mail": "call us"}))
 
 
 def test_check_privacy_accepts_complete_contacts_and_test_domains():
-    assert www.check_privacy(make_config(**CONTACTS)) is None
-    assert www.check_privacy(make_config("_relay1.lab")) is None
+    assert check_privacy(make_config(**CONTACTS)) is None
+    assert check_privacy(make_config("_relay1.lab")) is None
 
 
 @pytest.mark.skipif(ZBARIMG is None, reason="needs zbarimg (Debian package zbar-tools)")
@@ -179,9 +188,9 @@ def test_underscore_relay_invites_with_plain_domain_so_the_app_picks_credentials
 def test_underscore_relay_falls_back_to_new_when_app_credentials_would_be_refused():
     # the app's own local parts have 9 characters; a relay demanding 12 must hand them out
     config = make_config("_relay1.lab", username_min_length=12, username_max_length=12)
-    assert www.invite_uri(config) == "DCACCOUNT:https://_relay1.lab/new"
+    assert invite_uri(config) == "DCACCOUNT:https://_relay1.lab/new"
     config = make_config("_relay1.lab", password_min_length=30)
-    assert www.invite_uri(config) == "DCACCOUNT:https://_relay1.lab/new"
+    assert invite_uri(config) == "DCACCOUNT:https://_relay1.lab/new"
 
 
 def test_jinja_works_inside_markdown_pages(src):
@@ -197,7 +206,7 @@ def test_misspelled_variable_stops_build_naming_file_and_line(src):
     good = build(src, make_config())
     before = (good / "index.html").read_text()
     (src / "info.md").write_text("# Info\n\nsize {{ max_mesage_size }}\n")
-    with pytest.raises(www.WebsiteError, match=r"info\.md.*max_mesage_size"):
+    with pytest.raises(WebsiteError, match=r"info\.md.*max_mesage_size"):
         build(src, make_config())
     # the last good build is still there for the web server
     assert (good / "index.html").read_text() == before
@@ -206,7 +215,7 @@ def test_misspelled_variable_stops_build_naming_file_and_line(src):
 def test_merge_conflict_marker_stops_the_build(src):
     css = src / "main.css"
     css.write_text(css.read_text() + "<<<<<<< HEAD\nbody {}\n=======\n>>>>>>> other\n")
-    with pytest.raises(www.WebsiteError, match=r"main\.css:\d+: merge conflict marker"):
+    with pytest.raises(WebsiteError, match=r"main\.css:\d+: merge conflict marker"):
         build(src, make_config())
 
 
@@ -225,24 +234,24 @@ def test_only_webdev_builds_carry_the_reload_script(src):
 
 def test_www_folder_selects_sources_prebuilt_site_or_nothing(tmp_path):
     ini = tmp_path / "chatmail.ini"
-    assert www.www_paths(make_config()) == (www.REPO_WWW / "src", www.REPO_WWW / "build")
+    assert www_paths(make_config()) == (REPO_WWW / "src", REPO_WWW / "build")
     (tmp_path / "own" / "src").mkdir(parents=True)
-    assert www.www_paths(make_config(path=ini, www_folder="own")) == (
+    assert www_paths(make_config(path=ini, www_folder="own")) == (
         tmp_path / "own" / "src",
         tmp_path / "own" / "build",
     )
     (tmp_path / "static").mkdir()
-    assert www.www_paths(make_config(www_folder=str(tmp_path / "static"))) == (
+    assert www_paths(make_config(www_folder=str(tmp_path / "static"))) == (
         None,
         tmp_path / "static",
     )
-    assert www.www_paths(make_config(path=ini, www_folder="disabled")) is None
+    assert www_paths(make_config(path=ini, www_folder="disabled")) is None
 
 
 def test_prepare_website_builds_the_configured_sources(tmp_path):
     own = tmp_path / "own"
-    shutil.copytree(www.REPO_WWW / "src", own / "src")
-    built = www.prepare_website(make_config(www_folder=str(own)))
+    shutil.copytree(REPO_WWW / "src", own / "src")
+    built = prepare_website(make_config(www_folder=str(own)))
     assert built == own / "build"
     assert (built / "index.html").is_file()
-    assert www.prepare_website(make_config(www_folder=str(tmp_path / "disabled"))) is None
+    assert prepare_website(make_config(www_folder=str(tmp_path / "disabled"))) is None

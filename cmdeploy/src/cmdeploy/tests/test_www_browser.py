@@ -13,7 +13,6 @@ import pytest
 from chatmaild.config import parse_config
 from PIL import Image
 
-from cmdeploy import www
 from cmdeploy.tests.www_browser import (
     ARTIFACTS,
     CHROMIUM,
@@ -22,6 +21,7 @@ from cmdeploy.tests.www_browser import (
     StaticServer,
     decode_qr,
 )
+from cmdeploy.website.build import REPO_WWW, build_webpage
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or ZBARIMG is None,
@@ -51,7 +51,7 @@ privacy_supervisor = Die Landesbeauftragte für den Datenschutz
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     build = tmp_path_factory.mktemp("www") / "build"
-    www.build_webpage(parse_config(CONFIG), www.REPO_WWW / "src", build)
+    build_webpage(parse_config(CONFIG), REPO_WWW / "src", build)
     server = StaticServer(build)
     yield server
     server.close()
@@ -218,8 +218,8 @@ def test_privacy_page_shows_contacts_as_written_in_config(site, page):
 
 
 def test_test_relay_page_offers_the_plain_domain_invite(tmp_path, page):
-    build = www.build_webpage(
-        parse_config("[params]\nmail_domain = _relay1.lab\n"), www.REPO_WWW / "src", tmp_path / "b"
+    build = build_webpage(
+        parse_config("[params]\nmail_domain = _relay1.lab\n"), REPO_WWW / "src", tmp_path / "b"
     )
     server = StaticServer(build)
     try:

@@ -16,8 +16,9 @@ import pytest
 from chatmaild.config import render_initial_config
 from chatmaild.tests.procs import stop_process
 
-from cmdeploy import www
 from cmdeploy.tests.www_browser import CHROMIUM, Chromium
+from cmdeploy.website.build import REPO_WWW
+from cmdeploy.website.webdev import VERSION_PATH
 
 START_TIMEOUT = 30
 # The command promises a rebuild within a second; the poll allows for a loaded test machine.
@@ -28,7 +29,7 @@ class Webdev:
     """A running ``cmdeploy webdev`` on a temp copy of www/src."""
 
     def __init__(self, tmp_path: Path):
-        self.src = Path(shutil.copytree(www.REPO_WWW / "src", tmp_path / "www" / "src"))
+        self.src = Path(shutil.copytree(REPO_WWW / "src", tmp_path / "www" / "src"))
         self.build = tmp_path / "www" / "build"
         self.ini = tmp_path / "chatmail.ini"
         self.ini.write_text(render_initial_config("chat.example.org"))
@@ -96,7 +97,7 @@ def test_webdev_serves_the_built_page_on_localhost(webdev):
     assert webdev.get("robots.txt").startswith("#")
     assert (webdev.build / "qr-chatmail-invite-chat.example.org.png").is_file()
     # pages built by webdev carry the reload script, pointing at a version the server knows
-    build_id = webdev.get(www.VERSION_PATH.lstrip("/"))
+    build_id = webdev.get(VERSION_PATH.lstrip("/"))
     assert f'data-webdev-build="{build_id}"' in index
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyinfra.operations import files
 
 from cmdeploy.deployer_base import Deployer
-from cmdeploy.www import prepare_website
+from cmdeploy.website.build import prepare_website
 
 
 class WebsiteDeployer(Deployer):

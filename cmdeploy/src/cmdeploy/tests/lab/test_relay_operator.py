@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from cmdeploy.cmd_run import REPO
 from cmdeploy.dovecot import build as dovecot_build
 from cmdeploy.lab.relay import prepare_relay
-from cmdeploy.run import REPO
 
 pytestmark = pytest.mark.lab
 

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from chatmaild.config import Config
 
+from cmdeploy.cmdline import add_ssh_host, fail, load_config, remote_for
 from cmdeploy.remote import Remote, RemoteError
+from cmdeploy.website.build import WebsiteError
+from cmdeploy.website.privacy import PrivacyContactError, check_privacy
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -32,14 +35,11 @@ class PrecheckError(Exception):
     """The relay host is not ready; nothing was changed. The message says what to fix."""
 
 
-def remote_for(args, config: Config) -> Remote:
-    return Remote(args.ssh_host or config.mail_domain, ssh_config=args.ssh_config)
-
-
 def port_conflicts(remote: Remote, config: Config) -> list[str]:
     """Listening ports of the relay held by a program that is not ours."""
     wanted = dict(PORTS)
-    for port in (config.filtermail_smtp_port, config.filtermail_smtp_port_incoming):
+    for port in (config.filtermail_smtp_port, config.filtermail_smtp_port_incoming,
+                 config.filtermail_http_port_incoming):  # fmt: skip
         wanted[port] = {"filtermail"}
     for port in (config.postfix_reinject_port, config.postfix_reinject_port_incoming,
                  config.postfix_reinject_port_local):  # fmt: skip
@@ -141,8 +141,6 @@ def prepare_dovecot(args, remote: Remote, config: Config) -> dict[str, str] | No
 
 def run_deploy(args, config: Config) -> int:
     """Everything ``cmdeploy run`` does after parsing its arguments."""
-    from cmdeploy.www import check_privacy
-
     check_privacy(config)
     remote = remote_for(args, config)
     print(f"checking {remote.host} ...", flush=True)
@@ -186,18 +184,11 @@ def run_deploy(args, config: Config) -> int:
 
 
 def run_cmd(args) -> int:
-    from cmdeploy.cli import fail, load_config
-    from cmdeploy.www import PrivacyContactError, WebsiteError
-
     config = load_config(args)
     try:
         return run_deploy(args, config)
     except (PrecheckError, RemoteError, PrivacyContactError, WebsiteError) as e:
         return fail(f"nothing was changed: {e}")
-
-
-def add_ssh_host(parser) -> None:
-    parser.add_argument("--ssh-host", help="connect to this host instead of mail_domain")
 
 
 def register(subparsers) -> None:

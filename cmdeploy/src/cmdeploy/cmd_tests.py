@@ -1,18 +1,23 @@
-"""``cmdeploy test`` and ``cmdeploy bench``: pytest suites against a deployed relay."""
+"""``cmdeploy test``: the online test suite (pytest) against a deployed relay.
+
+Named cmd_tests, not cmd_test: pytest would collect a ``*_test.py`` module as tests.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from cmdeploy.cmdline import add_ssh_host, load_config
+
 TESTS = Path(__file__).parent / "tests" / "online"
 
 
-def _run_pytest(args, target: list[str]) -> int:
-    from cmdeploy.cli import load_config
-
+def run_pytest(args: argparse.Namespace, target: list[str]) -> int:
+    """Run pytest on ``target`` with the relay's config and SSH host in the environment."""
     config = load_config(args)
     env = {
         **os.environ,
@@ -36,16 +41,9 @@ def _run_pytest(args, target: list[str]) -> int:
     return subprocess.run(argv, env=env).returncode
 
 
-def test_cmd(args) -> int:
-    return _run_pytest(args, [str(TESTS), "--ignore", str(TESTS / "benchmark.py")])
-
-
-def bench_cmd(args) -> int:
-    return _run_pytest(args, [str(TESTS / "benchmark.py"), "-s"])
-
-
-def _common(p) -> None:
-    p.add_argument("--ssh-host", help="SSH host of the relay (default: its mail_domain)")
+def add_suite_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``test`` and ``bench``: the relays, the clients' namespace, pytest's own."""
+    add_ssh_host(p)
     p.add_argument("--relay2", help="domain of a second relay, for tests across relays")
     p.add_argument("--ssh-host2", help="SSH host of the second relay (default: its domain)")
     p.add_argument(
@@ -54,16 +52,11 @@ def _common(p) -> None:
     p.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
 
 
+def test_cmd(args: argparse.Namespace) -> int:
+    return run_pytest(args, [str(TESTS), "--ignore", str(TESTS / "benchmark.py")])
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("test", help="run the online test suite against the relay")
-    _common(p)
+    add_suite_options(p)
     p.set_defaults(func=test_cmd)
-    p = subparsers.add_parser("bench", help="measure the relay (and two relays) with real clients")
-    p.add_argument(
-        "--floor",
-        metavar="HOST[,HOST2]",
-        help="stock Postfix + Dovecot hosts to measure the same throughput against "
-        "(the lab: python -m cmdeploy.lab.stock relay3 relay4, with this relay's bench-password)",
-    )
-    _common(p)
-    p.set_defaults(func=bench_cmd)
