@@ -230,8 +230,14 @@ class Router:
                     return [OK_HTTPS] * len(rcpts)
                 answered, line = reply
                 if answered and line.startswith("5"):
+                    if len(rcpts) > 1:
+                        # One refused recipient refuses the whole request, which delivered
+                        # nothing (one reply line for all): alone, each gets its own answer.
+                        singles = [await self._try_hosts(domain, [r], mail_from, body)
+                                   for r in rcpts]  # fmt: skip
+                        return [reply[0] for reply in singles]
                     # The receiving relay's own checks refused it: a permanent answer.
-                    return [f"{line} (forwarded from {host})"] * len(rcpts)
+                    return [f"{line} (forwarded from {host})"]
                 if answered:
                     https_reply = https_reply or line
             try:

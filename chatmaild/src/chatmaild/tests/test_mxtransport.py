@@ -115,6 +115,8 @@ class Servers:
         self.http_text = "250 OK"
         self.http_missing: set[str] = set()  # recipient domains answered 404
         self.http_hang_up = False  # read the body, then close without an answer
+        # recipient -> the reply line of a 400 for any request that names it
+        self.http_refused: dict[str, str] = {}
         self.mails: list[dict] = []
         self.rcpt_refused: dict[str, str] = {}
         self.data_reply = "250 OK queued"
@@ -141,6 +143,9 @@ class Servers:
         if self.http_hang_up:
             request.transport.close()
             raise ConnectionResetError("hung up")
+        for rcpt in request.headers.getall("X-MAIL-TO"):
+            if rcpt in self.http_refused:
+                return web.Response(status=400, text=self.http_refused[rcpt])
         if request.headers["X-MAIL-TO"].rpartition("@")[2] in self.http_missing:
             self.posts.pop()
             return web.Response(status=404, text="Not Found")
@@ -523,3 +528,24 @@ def test_lost_https_answer_defers_instead_of_trying_smtp(dns_server, cert, tmp_p
     assert len(servers.posts) == 1
     assert replies[0].startswith("451 4.4.2 No answer from 127.0.0.1 over HTTPS"), replies
     assert servers.mails == []
+
+
+def test_one_refused_recipient_does_not_bounce_the_others(dns_server, cert, tmp_path):
+    # The receiver refuses a whole request for one unknown recipient and delivers nothing.
+    refusal = "550 5.1.1 <nobody@_relay.test>: Recipient address rejected: User unknown"
+
+    def setup(servers):
+        servers.http_refused = {"nobody@_relay.test": refusal}
+
+    async def go(servers, port, router):
+        rcpts = ["a@_relay.test", "nobody@_relay.test", "b@_relay.test"]
+        return servers, await lmtp(port, "alice@here.test", rcpts, STUFFED)
+
+    servers, replies = run(go, dns_server, cert, tmp_path, setup=setup, smtp=False)
+    assert replies == ["250 OK (HTTPS)", f"{refusal} (forwarded from 127.0.0.1)", "250 OK (HTTPS)"]
+    assert [p["to"] for p in servers.posts] == [
+        ["a@_relay.test", "nobody@_relay.test", "b@_relay.test"],
+        ["a@_relay.test"],
+        ["nobody@_relay.test"],
+        ["b@_relay.test"],
+    ]
