@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from chatmaild.config import render_initial_config
-from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance, _wait_for
+from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance, wait_for
 
 
 def new_addr() -> str:
@@ -80,7 +80,7 @@ def bench_raw_doveauth(n: int, connections: int, cached: bool = True) -> list[tu
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_for(sock.exists, "doveauth socket", proc=proc)
+            wait_for(sock.exists, "doveauth socket", proc=proc)
             addrs = [new_addr() for _ in range(n)]
             # Each from its own client IP, as Dovecot sends it: the per-IP creation limit
             # is checked (and allows) every one of them.

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             "deadline": args.deadline}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="idleclients-") as tmp:
         spec_path, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_path.write_text(json.dumps(loadgen._jsonable(spec)))
+        spec_path.write_text(json.dumps(loadgen.jsonable(spec)))
         argv = lab.client_ns_cmd([sys.executable, "-m", "cmdeploy.idleclients", "hold",
                                   str(spec_path), str(out)])  # fmt: skip
         t0 = time.monotonic()

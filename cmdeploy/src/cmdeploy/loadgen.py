@@ -531,7 +531,8 @@ class LabRun:
             self._tmpdir.cleanup()
 
 
-def _jsonable(spec: dict) -> dict:
+def jsonable(spec: dict) -> dict:
+    """A run spec as JSON can carry it: accounts become ``[addr, password]`` pairs."""
     out = {}
     for k, v in spec.items():
         if isinstance(v, list) and v and isinstance(v[0], Account):
@@ -547,7 +548,7 @@ def run_in_lab(lab, what: str, spec: dict, background: bool = False):
     """
     tmpdir = tempfile.TemporaryDirectory(prefix="loadgen-")
     spec_path, out = Path(tmpdir.name) / "spec.json", Path(tmpdir.name) / "out.json"
-    spec_path.write_text(json.dumps(_jsonable(spec)))
+    spec_path.write_text(json.dumps(jsonable(spec)))
     argv = lab.client_ns_cmd([sys.executable, "-m", "cmdeploy.loadgen", what, str(spec_path),
                               str(out)])  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

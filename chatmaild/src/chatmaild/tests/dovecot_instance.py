@@ -25,7 +25,8 @@ DOMAIN = "chat.example.org"
 PR_SET_PDEATHSIG = 1
 
 
-def _wait_for(check, what: str, timeout: float = 15.0, proc=None) -> None:
+def wait_for(check, what: str, timeout: float = 15.0, proc=None) -> None:
+    """Poll ``check`` until true; fail early if ``proc`` exits, else after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -240,7 +241,7 @@ class DovecotInstance:
             conf = self.dir / "dovecot.conf"
             conf.write_text(DOVECOT_CONF.format(**fmt) + self._extra_conf())
             proc = self._spawn("dovecot", ["dovecot", "-F", "-c", str(conf)])
-            _wait_for(lambda: _port_open(self.imap_port), "dovecot IMAP port", proc=proc)
+            wait_for(lambda: _port_open(self.imap_port), "dovecot IMAP port", proc=proc)
         except BaseException:
             self.stop()
             raise
@@ -272,7 +273,7 @@ class DovecotInstance:
         env_argv = [sys.executable, "-m", f"chatmaild.{name}", str(sock), str(self.ini_path)]
         proc = self._spawn(name, env_argv)
         self.services[name] = (proc, sock)
-        _wait_for(sock.exists, f"{name} socket", proc=proc)
+        wait_for(sock.exists, f"{name} socket", proc=proc)
         sock.chmod(0o666)
 
     def signal_service(self, name: str, sig: int = signal.SIGKILL) -> None:
