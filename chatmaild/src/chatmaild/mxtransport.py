@@ -497,6 +497,9 @@ async def start(config: Config, router: Router | None = None, port: int | None =
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname="mxtransport",
+            # aiosmtpd closes a session idle this long, also while DATA is being delivered:
+            # above DELIVERY_DEADLINE, or a slow delivery would lose its reply.
+            timeout=DELIVERY_DEADLINE + 60,
             ident="chatmail-mxtransport",
             loop=loop,
         )
