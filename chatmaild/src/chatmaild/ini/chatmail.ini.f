@@ -125,6 +125,8 @@ privacy_supervisor =
 
 #filtermail_smtp_port = 10080
 #filtermail_smtp_port_incoming = 10081
+#filtermail_http_port_incoming = 10082
+#mxdeliv_transport_port = 10083
 #postfix_reinject_port = 10025
 #postfix_reinject_port_incoming = 10026
 #postfix_reinject_port_local = 10027
