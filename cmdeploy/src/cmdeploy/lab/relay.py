@@ -92,6 +92,24 @@ def publish_zone(lab: Lab, relay: LabRelay, ssh_host: str | None = None) -> str:
     return text
 
 
+def copy_paths(lab: Lab, src: str, dst: str, paths: str) -> None:
+    """The migration step of the operator docs: ``ssh SRC tar c PATHS | ssh DST tar x -C /``."""
+    pipe = (f"{' '.join(lab.ssh_argv(src))} tar c {paths} | "
+            f"{' '.join(lab.ssh_argv(dst))} tar x -C /")  # fmt: skip
+    subprocess.run(["sh", "-c", pipe], check=True, capture_output=True)
+
+
+def repoint_zone(lab: Lab, relay: LabRelay, ip: str) -> None:
+    """Serve the relay's published zone with every A record naming ``ip`` (a moved relay)."""
+    lines = []
+    for line in (relay.workdir / "zone.txt").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[-2] == "A" and not line.startswith(";"):
+            line = line[: line.rindex(fields[-1])] + ip
+        lines.append(line)
+    lab.load_zone(relay.domain, "\n".join(lines) + "\n")
+
+
 def deployed_relay(lab: Lab, name: str, workdir: Path) -> LabRelay:
     """The lab relay on host ``name`` whose operator files are in ``workdir`` (no deploy)."""
     h = lab.host(name)

@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 import pytest
 from chatmaild.tests import mailgen
 
-from cmdeploy.lab.relay import acme_lab_relay, cmdeploy, deploy, write_config
+from cmdeploy.lab.relay import (
+    acme_lab_relay,
+    cmdeploy,
+    copy_paths,
+    deploy,
+    repoint_zone,
+    write_config,
+)
 from cmdeploy.tests.lab.probes import call
 
 pytestmark = pytest.mark.lab
@@ -145,40 +152,66 @@ def test_dns_lists_mta_sts_and_all_records_are_found(lab, relay1):
         assert "Great! All your DNS entries are verified and correct." in out.stdout
 
 
-@pytest.mark.pending  # after a forced reconcile every port still served the old certificate
+def issued_count(lab) -> int:
+    """Certificates the lab CA has issued since it started (its log names each one)."""
+    return (lab.log_dir / "pebble.log").read_text().count("Issued certificate serial")
+
+
 def test_renewal_is_picked_up_by_every_service(lab, relay1, root_file):
+    """The renewal timer's service gets a new certificate and the hook reloads every service.
+
+    acmetool renews a certificate in the last third of its validity (checked with pebble and
+    a 90-second certificate: renewed after 60 s); a lab certificate lives a week, so the test
+    makes the current one unusable in acmetool's own terms: a ``revoked`` mark in its state
+    directory. (``acmetool revoke`` of Debian's 0.2.2 only writes a ``revoke`` wish that its
+    reconcile never acts on: no request reaches the CA and the certificate still satisfies
+    the target, which is why this test once saw the old certificate everywhere.)
+    """
     relay = relay1
-    before = served(lab, relay, root_file)
-    old = serials(before)
-    cert = f"/var/lib/acme/live/{relay.domain}/cert"
-    # Forced: the current certificate is revoked, so acmetool's next reconcile (what the
-    # renewal timer starts) must get a new one; its hook reloads the services.
-    cert_id = ssh(lab, relay, f"basename $(readlink -f /var/lib/acme/live/{relay.domain})").strip()
-    ssh(lab, relay, f"acmetool --batch revoke {cert_id}")
+    old = serials(served(lab, relay, root_file))
+    live = f"/var/lib/acme/live/{relay.domain}"
+    old_dir = ssh(lab, relay, f"readlink -f {live}").strip()
+    ssh(lab, relay, f"touch {old_dir}/revoked")
+    issued = issued_count(lab)
     t0 = time.monotonic()
-    ssh(lab, relay, "systemctl start acmetool.service")
-    issued = time.monotonic() - t0
+    ssh(lab, relay, "systemctl start acmetool.service")  # what acmetool.timer starts
+    reconciled = time.monotonic() - t0
+    assert issued_count(lab) == issued + 1
+    assert ssh(lab, relay, f"readlink -f {live}").strip() != old_dir
     after = wait_for_new_serial(lab, relay, root_file, old)
     picked_up = time.monotonic() - t0
     assert len(serials(after)) == 1, after
-    file_serial = ssh(lab, relay, f"openssl x509 -noout -serial -in {cert}").strip()
+    file_serial = ssh(lab, relay, f"openssl x509 -noout -serial -in {live}/cert").strip()
     assert file_serial.partition("=")[2].upper() in serials(after)
-    print(f"renewal: acmetool reconcile {issued:.1f}s, every port serves it after {picked_up:.1f}s")
+    print(
+        f"renewal: acmetool.service {reconciled:.1f}s, every port serves it after {picked_up:.1f}s"
+    )
+
+
+def new_address(relay) -> str:
+    return f"{''.join(random.choices('abcdefghijkmnopqrstuvwxyz', k=9))}@{relay.domain}"
+
+
+def send_encrypted(lab, relay, sender: str, rcpt: str) -> None:
+    payload = mailgen.encrypted_payload(random.Random())
+    msg = mailgen.pgp_mime(mailgen.armor(payload), from_addr=sender, to=rcpt,
+                           message_id=f"<{random.getrandbits(64):x}@lab.test>")  # fmt: skip
+    result = call(lab, "smtp_send", host=relay.domain, msg_b64=base64.b64encode(msg).decode(),
+                  mail_from=sender, rcpts=[rcpt], user=sender, password=PASSWORD)  # fmt: skip
+    assert result["code"] == 250, result
+
+
+def inbox_count(lab, relay, addr: str, **wait) -> int:
+    got = call(lab, "imap_messages", host=relay.domain, user=addr, password=PASSWORD, **wait)
+    return len(got["messages"])
 
 
 def test_mail_between_the_relays_uses_verified_tls(lab, relay1, relay2, root_file):
     check_every_port(lab, relay2, root_file)
-    sender = f"{''.join(random.choices('abcdefghijkmnopqrstuvwxyz', k=9))}@{relay1.domain}"
-    rcpt = f"{''.join(random.choices('abcdefghijkmnopqrstuvwxyz', k=9))}@{relay2.domain}"
-    call(lab, "imap_messages", host=relay2.domain, user=rcpt, password=PASSWORD, wait=0,
-         min_count=0)  # fmt: skip
-    payload = mailgen.encrypted_payload(random.Random())
-    msg = mailgen.pgp_mime(mailgen.armor(payload), from_addr=sender, to=rcpt)
-    result = call(lab, "smtp_send", host=relay1.domain, msg_b64=base64.b64encode(msg).decode(),
-                  mail_from=sender, rcpts=[rcpt], user=sender, password=PASSWORD)  # fmt: skip
-    assert result["code"] == 250, result
-    got = call(lab, "imap_messages", host=relay2.domain, user=rcpt, password=PASSWORD, wait=30)
-    assert len(got["messages"]) == 1
+    sender, rcpt = new_address(relay1), new_address(relay2)
+    assert inbox_count(lab, relay2, rcpt, wait=0, min_count=0) == 0  # creates the account
+    send_encrypted(lab, relay1, sender, rcpt)
+    assert inbox_count(lab, relay2, rcpt, wait=30) == 1
     # Delivered at Postfix's "verify" level (no policy entry relaxes it for this domain), so
     # relay2's certificate was verified, with the name; Postfix logs no TLS line at its
     # default log level, so its own TLS probe shows the verification.
@@ -242,3 +275,51 @@ def test_external_certificate_served_and_replaced_without_deploy(lab, relay2, ac
     second = wait_for_new_serial(lab, relay, cafile, serials(first), timeout=60)
     print(f"external certificate replaced: every port serves it after {time.monotonic() - t0:.1f}s")
     assert len(serials(second)) == 1, second
+
+
+@pytest.mark.pending  # first lab run: chown vmail before the deploy made the user
+def test_migration_serves_the_same_acme_certificate_without_a_new_issuance(
+    lab, relay1, relay2, root_file
+):
+    """The operator docs' move with an ACME certificate: a fresh lab host relay3 takes over
+    relay1.lab. The docs' steps, but for the old host's ``--disable-mail`` run (step 4, which
+    test_relay_deploy's migration test covers; here it is the certificate)."""
+    lab.up(hosts=3)
+    new_host = lab.host("relay3")
+    user, sender = new_address(relay1), new_address(relay2)
+    assert inbox_count(lab, relay1, user, wait=0, min_count=0) == 0  # creates the account
+    send_encrypted(lab, relay2, sender, user)
+    assert inbox_count(lab, relay1, user, wait=30) == 1
+    before = served(lab, relay1, root_file)
+    cert_ids = "ls /var/lib/acme/certs"
+    old_ids = ssh(lab, relay1, cert_ids).split()
+    dkim = "sha256sum /etc/dkimkeys/opendkim.private"
+    old_dkim = ssh(lab, relay1, dkim).split()[0]
+    issued = issued_count(lab)
+
+    copy_paths(lab, relay1.name, new_host.name, "/var/lib/acme /etc/dkimkeys")
+    lab.ssh_run(new_host.name, "chown root: -R /var/lib/acme /etc/dkimkeys")
+    deploy(lab, relay1, "--disable-mail", "--ssh-host", new_host.name)
+    repoint_zone(lab, relay1, new_host.ip)
+    # The accounts' owner exists on the new host only after its first deploy.
+    copy_paths(lab, relay1.name, new_host.name, "/home/vmail/mail")
+    lab.ssh_run(new_host.name, "chown vmail: -R /home/vmail")
+    deploy(lab, relay1, "--ssh-host", new_host.name)
+    # The renewal service on the new host finds the copied certificate good as well.
+    lab.ssh_run(new_host.name, "systemctl start acmetool.service")
+
+    resolved = lab.client_ns_run(["getent", "hosts", relay1.domain]).stdout.split()[0]
+    assert resolved == new_host.ip
+    after = served(lab, relay1, root_file)
+    assert serials(after) == serials(before), (before, after)
+    assert issued_count(lab) == issued
+    assert lab.ssh_run(new_host.name, cert_ids).stdout.split() == old_ids
+    assert lab.ssh_run(new_host.name, dkim).stdout.split()[0] == old_dkim
+    assert inbox_count(lab, relay1, user, wait=0) == 1
+    # relay2 learns the new address once its cached record expires (restart = expiry), and
+    # delivers there at its "verify" TLS level: the new host's certificate is the right one.
+    lab.ssh_run(relay2.name, "systemctl restart unbound")
+    send_encrypted(lab, relay2, sender, user)
+    assert inbox_count(lab, relay1, user, wait=30, min_count=2) == 2
+    first, second = relay1.deploy_seconds[-2:]
+    print(f"migration: deploys on the new host {first:.0f}s and {second:.0f}s, no new certificate")

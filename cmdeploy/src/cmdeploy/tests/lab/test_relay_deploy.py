@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 from chatmaild.tests import mailgen
 
-from cmdeploy.lab.relay import cmdeploy, deploy, how_to_connect, lab_relay, publish_zone
+from cmdeploy.lab.relay import (
+    cmdeploy,
+    copy_paths,
+    deploy,
+    how_to_connect,
+    lab_relay,
+    publish_zone,
+    repoint_zone,
+)
 from cmdeploy.tests.lab.probes import call
 
 pytestmark = pytest.mark.lab
@@ -303,13 +311,6 @@ def test_disable_mail_stops_postfix_and_dovecot_until_next_run(lab, relays):
     assert inbox(lab, relay2, new_user(relay2), wait=0, min_count=0) == []
 
 
-def _copy(lab, src: str, dst: str, path: str) -> None:
-    """The seed's migration step: ``ssh old tar c PATH | ssh new tar x -C /``."""
-    pipe = (f"{' '.join(lab.ssh_argv(src))} tar c {path} | "
-            f"{' '.join(lab.ssh_argv(dst))} tar x -C /")  # fmt: skip
-    subprocess.run(["sh", "-c", pipe], check=True, capture_output=True)
-
-
 def test_migration_to_a_new_host_keeps_accounts_mail_and_dkim_key(lab, relays):
     relay1, relay2 = relays
     lab.up(hosts=3)
@@ -325,19 +326,18 @@ def test_migration_to_a_new_host_keeps_accounts_mail_and_dkim_key(lab, relays):
     old_key = lab.ssh_run(relay1.name, key).stdout.split()[0]
 
     # The seed's steps, with the lab DNS standing in for the DNS provider.
-    _copy(
+    copy_paths(
         lab,
         relay1.name,
         new_host.name,
         "/etc/ssl/certs/mailserver.pem /etc/ssl/private/mailserver.key",
     )
-    _copy(lab, relay1.name, new_host.name, "/etc/dkimkeys")
+    copy_paths(lab, relay1.name, new_host.name, "/etc/dkimkeys")
     lab.ssh_run(new_host.name, "chown root: -R /etc/dkimkeys")
     deploy(lab, relay1, "--disable-mail", "--ssh-host", new_host.name)
-    zone = (relay1.workdir / "zone.txt").read_text()
-    lab.load_zone(relay1.domain, zone.replace(f" A     {relay1.ip}", f" A     {new_host.ip}"))
+    repoint_zone(lab, relay1, new_host.ip)
     deploy(lab, relay1, "--disable-mail", "--ssh-host", relay1.name)
-    _copy(lab, relay1.name, new_host.name, "/home/vmail/mail")
+    copy_paths(lab, relay1.name, new_host.name, "/home/vmail/mail")
     lab.ssh_run(new_host.name, "chown vmail: -R /home/vmail")
     deploy(lab, relay1, "--ssh-host", new_host.name)
 
