@@ -6,8 +6,9 @@ parsing it needs. The before-queue proxy around it: ``proxy`` starts the process
 (ports, MAIL FROM and rate-limit rule, RCPT rule, gate check, log prefix),
 ``smtpserver`` is the aiosmtpd server with the bulk DATA reader and the per-process
 memory budget, ``handler`` applies the rules, ``reinject`` hands accepted mail to
-Postfix, ``recipients`` says which addresses are accounts (failing closed) and
-``ratelimit`` is the per-sender GCRA limit.
+Postfix, ``mxdeliv`` takes mail from other relays over HTTP (nginx's ``/mxdeliv``)
+through the same handler, ``recipients`` says which addresses are accounts (failing
+closed) and ``ratelimit`` is the per-sender GCRA limit.
 
 Log lines on stderr (journald), kept stable for the mtail counters; one per message:
 
@@ -23,6 +24,8 @@ Log lines on stderr (journald), kept stable for the mtail counters; one per mess
   ``Incoming: Rejected unencrypted mail.``)
 - ``Reinject refused: <postfix reply>`` / ``Reinject failed: <error class>``
 - ``Refusing mail after an internal error`` (followed by a traceback)
+- ``mxdeliv: <http status> <smtp code> from <client ip> rcpts=<n>`` per request to the
+  ``/mxdeliv`` HTTP listener of the incoming process (:mod:`mxdeliv`)
 
 So ``Rejected unencrypted mail`` counts rejections in both directions and the
 ``Outgoing:``/``Incoming:`` prefix splits them.

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from .. import sdnotify
 from ..config import Config, ConfigError, read_config
 from . import direction as directions
+from . import mxdeliv
 from .handler import HOST, FilterHandler
 from .smtpserver import GateSMTP, MemoryBudget
 
@@ -56,22 +57,37 @@ def make_smtp(handler: FilterHandler, budget: MemoryBudget) -> GateSMTP:
     )
 
 
-async def start(config: Config, name: str, port: int | None = None) -> asyncio.Server:
-    """Listen on 127.0.0.1 (the direction's port unless given); returns the server."""
+async def start(
+    config: Config, name: str, port: int | None = None, http_port: int | None = None
+) -> asyncio.Server:
+    """Listen on 127.0.0.1 (the direction's port unless given); returns the server.
+
+    With ``http_port``, ``/mxdeliv`` is served there too, by the same handler and
+    within the same memory budget (incoming only).
+    """
     direction = directions.for_name(config, name)
     handler = FilterHandler(direction)
     budget = MemoryBudget(data_budget(config))
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
+    server = await loop.create_server(
         lambda: make_smtp(handler, budget),
         host=HOST,
         port=direction.listen_port if port is None else port,
     )
+    if http_port is not None:
+        try:
+            await mxdeliv.start(handler, budget, http_port)
+        except BaseException:
+            server.close()
+            raise
+    return server
 
 
 async def serve(config: Config, name: str) -> None:
+    # Relay-to-relay mail over HTTPS (nginx /mxdeliv) gets the checks of port 25.
+    http_port = config.filtermail_http_port_incoming if name == "incoming" else None
     try:
-        server = await start(config, name)
+        server = await start(config, name, http_port=http_port)
     except OSError as e:
         raise SystemExit(f"filtermail: cannot listen on {HOST} ({name}): {e}") from None
     stop = asyncio.Event()
