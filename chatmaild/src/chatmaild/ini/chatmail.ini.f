@@ -88,6 +88,10 @@ mail_domain = {mail_domain}
 # Listen on IPv4 only.
 #disable_ipv6 = false
 
+# Mail to other relays tries HTTPS (POST https://<MX host>/mxdeliv) before SMTP on port 25,
+# for providers that block port 25; false leaves it to Postfix's own SMTP client.
+#mxdeliv_outgoing = true
+
 # Address for mtail's Prometheus endpoint (port 3903); unset means mtail is off.
 #mtail_address = 127.0.0.1
 
