@@ -10,6 +10,8 @@ from cmdeploy.deployer_base import Deployer
 
 # The Debian unit of the one Postfix instance; postfix.service only starts and stops it.
 INSTANCE_UNIT = "postfix@-"
+# OpenSSL settings of Postfix alone (openssl.cnf; main.cf's import_environment names it).
+OPENSSL_CONF = "/etc/postfix/chatmail-openssl.cnf"
 MAPS = ["login_map", "submission_header_cleanup", "lmtp_header_cleanup", "smtp_tls_policy_map"]
 
 
@@ -27,6 +29,7 @@ class PostfixDeployer(Deployer):
     def configure(self) -> None:
         self.put_template("main.cf.j2", "/etc/postfix/main.cf")
         self.put_template("master.cf.j2", "/etc/postfix/master.cf")
+        self.put_text((self.templates / "openssl.cnf").read_text(), OPENSSL_CONF)
         for name in MAPS:
             self.put_template(name, f"/etc/postfix/{name}")
         self.put_template(

@@ -89,6 +89,55 @@ def test_doveconf_ok_and_imap_answers(lab, relay):
     assert out.get("ok"), out
 
 
+# Runs on the relay: holds an IMAP session and an LMTP connection open, then tells for each
+# imap and lmtp process whether TZ=:/etc/localtime is in its environment. Dovecot zeroes its
+# processes' original environment area (it becomes room for the process title) after
+# copying the variables elsewhere, so /proc/PID/environ of every Dovecot process reads as
+# NULs; the copy is found in the process's own memory, as a NUL-terminated string.
+TZ_SCAN = r"""
+import imaplib, json, socket, ssl, subprocess, sys
+domain = sys.argv[1]
+entry = b"\0TZ=:/etc/localtime\0"
+
+def has_entry(pid):
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            f = line.split()
+            path = f[5] if len(f) > 5 else ""
+            if f[1][0] != "r" or path in ("[vvar]", "[vsyscall]") or path.startswith("/"):
+                continue  # only anonymous memory, heap and stack hold the environment
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            mem.seek(lo)
+            try:
+                if entry in mem.read(hi - lo):
+                    return True
+            except OSError:
+                continue
+    return False
+
+imap = imaplib.IMAP4_SSL("127.0.0.1", 993, ssl_context=ssl._create_unverified_context())
+imap.login(f"dvtzcheck@{domain}", "password123")
+lmtp = socket.socket(socket.AF_UNIX)
+lmtp.connect("/var/spool/postfix/private/dovecot-lmtp")
+lmtp.recv(200)
+found = {}
+for name in ("imap", "lmtp"):
+    pids = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
+    found[name] = {pid: has_entry(pid) for pid in pids}
+print(json.dumps(found))
+imap.logout()
+"""
+
+
+def test_imap_and_lmtp_processes_have_tz(lab, relay):
+    """TZ=:/etc/localtime reaches Dovecot's imap and lmtp processes (import_environment)."""
+    out = lab.ssh_run(relay.name, f"python3 - {relay.domain}", input=TZ_SCAN).stdout
+    found = json.loads(out)
+    print(f"\nTZ in Dovecot processes: {found}")
+    assert found["imap"] and found["lmtp"], found
+    assert all(found["imap"].values()) and all(found["lmtp"].values()), found
+
+
 def test_second_deploy_changes_nothing(lab, relay):
     proc = deploy(lab, relay)
     log = proc.stdout + proc.stderr
