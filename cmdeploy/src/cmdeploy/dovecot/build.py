@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..aptsources import LIST_COMMAND, AptSourcesError, debian_archives, parse_listing
+
 PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve")
 SUFFIX = "+chatmail1"
 PATCH = Path(__file__).parent / "chatmail-no-idle-notify-delay.patch"
@@ -140,18 +142,18 @@ def pin_text() -> str:
     )
 
 
-def sources_text(codename: str = "bookworm") -> str:
+def sources_text(mirror: str, security: str, codename: str = "bookworm") -> str:
     """deb-src entries for Debian's dovecot source, including security updates."""
     return (
         "# Written by cmdeploy: the dovecot source for the patched Dovecot build.\n"
         "Types: deb-src\n"
-        "URIs: http://deb.debian.org/debian\n"
+        f"URIs: {mirror}\n"
         f"Suites: {codename} {codename}-updates\n"
         "Components: main\n"
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
         "\n"
         "Types: deb-src\n"
-        "URIs: http://deb.debian.org/debian-security\n"
+        f"URIs: {security}\n"
         f"Suites: {codename}-security\n"
         "Components: main\n"
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
@@ -280,12 +282,22 @@ def _put_file(text: str, path: str, mode: str = "644") -> str:
             f"{{ cmp -s {path}.new {path} && rm {path}.new || mv {path}.new {path}; }}")  # fmt: skip
 
 
+def relay_archives(shell: Shell) -> tuple[str, str]:
+    """The Debian mirror and security archive that the relay's own apt sources name."""
+    proc = shell.sh(LIST_COMMAND)
+    try:
+        return debian_archives(parse_listing(proc.stdout), "the relay", schemes=None)
+    except AptSourcesError as e:
+        raise BuildError(str(e)) from None
+
+
 def query(shell: Shell, update: bool) -> RelayState:
     """Versions on the relay; with ``update`` first the deb-src entry and apt-get update."""
     steps = []
     if update:
         # The pin goes first: no apt run of this deploy may swap a patched Dovecot back.
-        steps += [_put_file(pin_text(), PIN_PATH), _put_file(sources_text(), SOURCES_PATH),
+        src = sources_text(*relay_archives(shell))
+        steps += [_put_file(pin_text(), PIN_PATH), _put_file(src, SOURCES_PATH),
                   "apt-get update -qq >&2"]  # fmt: skip
     steps += [
         "echo arch $(dpkg --print-architecture)",

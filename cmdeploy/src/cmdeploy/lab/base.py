@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+from ..aptsources import AptSourcesError, debian_archives, read_sources
 from .errors import LabError
 from .progress import Progress, follow_lines
 
 SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
 PACKAGES = [
     "systemd",
     "systemd-sysv",
@@ -26,15 +27,28 @@ PACKAGES = [
     "rsync",
     "dnsutils",
 ]
-SOURCES = f"""\
+
+
+@functools.cache
+def archives() -> tuple[str, str]:
+    """This machine's Debian mirror and security archive: the lab uses what apt here uses."""
+    try:
+        return debian_archives(read_sources())
+    except AptSourcesError as e:
+        raise LabError(str(e)) from None
+
+
+def sources_text(mirror: str, security: str) -> str:
+    """The deb822 apt sources of every lab host."""
+    return f"""\
 Types: deb
-URIs: {MIRROR}
+URIs: {mirror}
 Suites: {SUITE} {SUITE}-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: {security}
 Suites: {SUITE}-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -43,7 +57,8 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 def base_id() -> str:
     """Name of the cached base; it changes whenever what goes into the base changes."""
-    recipe = "\n".join([SUITE, MIRROR, *PACKAGES, SOURCES])
+    mirror, security = archives()
+    recipe = "\n".join([SUITE, mirror, *PACKAGES, sources_text(mirror, security)])
     return f"{SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}"
 
 
@@ -75,7 +90,7 @@ def _build(root: Path) -> None:
         "--include=" + ",".join(PACKAGES),
         SUITE,
         str(tmp),
-        MIRROR,
+        archives()[0],
     ]
     log = root.with_name(root.name + ".debootstrap.log")
     with Progress(f"building the Debian 12 base in {root} (once; later runs reuse it)") as bar:
@@ -104,7 +119,7 @@ def _build(root: Path) -> None:
 def _configure(root: Path) -> None:
     """Settings shared by every lab host; per-host ones are written when a host is made."""
     (root / "etc/apt/sources.list").write_text("")
-    (root / "etc/apt/sources.list.d/debian.sources").write_text(SOURCES)
+    (root / "etc/apt/sources.list.d/debian.sources").write_text(sources_text(*archives()))
     # Host keys and machine id would otherwise be shared by every host made from this base.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()

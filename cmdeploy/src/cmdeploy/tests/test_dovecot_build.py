@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import shutil
 import subprocess
 import types
@@ -64,8 +66,10 @@ def test_pin_blocks_every_dovecot_package_from_every_source():
 
 
 def test_sources_are_signed_and_include_security():
-    text = build.sources_text()
+    text = build.sources_text("http://mirror.example/debian", "http://mirror.example/security")
     assert text.count("Types: deb-src") == 2
+    assert "URIs: http://mirror.example/debian\n" in text
+    assert "URIs: http://mirror.example/security\n" in text
     assert text.count("Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg") == 2
     assert "Suites: bookworm-security" in text
 
@@ -148,10 +152,10 @@ def test_choose_without_sources():
 
 
 MADISON = f"""arch amd64
-   dovecot | {U6} | http://deb.debian.org/debian bookworm/main Sources
-   dovecot | {U7} | http://deb.debian.org/debian-security bookworm-security/main Sources
-dovecot-core | {U7} | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
-dovecot-core | {U6} | http://deb.debian.org/debian bookworm/main amd64 Packages
+   dovecot | {U6} | http://mirror.example/debian bookworm/main Sources
+   dovecot | {U7} | http://mirror.example/debian-security bookworm-security/main Sources
+dovecot-core | {U7} | http://mirror.example/debian-security bookworm-security/main amd64 Packages
+dovecot-core | {U6} | http://mirror.example/debian bookworm/main amd64 Packages
 installed dovecot-core {U6}+chatmail1 ii
 installed dovecot-imapd {U6}+chatmail1 ii
 installed dovecot-sieve {U6} rc
@@ -205,14 +209,31 @@ def test_patch_removes_exactly_the_delay():
     assert "to_notify_delay" not in "".join(x for x in text.splitlines() if x.startswith("+"))
 
 
+# The relay's own apt sources, as the listing command prints them.
+RELAY_SOURCES = """
+==> /etc/apt/sources.list.d/debian.sources
+Types: deb
+URIs: mirror+file:///etc/apt/mirrors/debian.list
+Suites: bookworm bookworm-updates
+Components: main
+
+Types: deb
+URIs: mirror+file:///etc/apt/mirrors/debian-security.list
+Suites: bookworm-security
+Components: main
+"""
+
+
 class FakeShell:
     """The relay as seen by prepare(): canned answers, records the commands."""
 
-    def __init__(self, out: str, fetch_ok: bool):
-        self.out, self.fetch_ok, self.commands = out, fetch_ok, []
+    def __init__(self, out: str, fetch_ok: bool, sources: str = RELAY_SOURCES):
+        self.out, self.fetch_ok, self.sources, self.commands = out, fetch_ok, sources, []
 
     def sh(self, command, timeout=120):
         self.commands.append(command)
+        if command == build.LIST_COMMAND:
+            return types.SimpleNamespace(returncode=0, stdout=self.sources, stderr="")
         ok = self.fetch_ok or "apt-get source" not in command
         return types.SimpleNamespace(returncode=0 if ok else 100, stdout=self.out, stderr="")
 
@@ -237,8 +258,26 @@ def test_prepare_falls_back_to_stock_and_says_so(tmp_path):
     plan = build.prepare(config(), shell, log=logs.append, root=tmp_path)
     assert plan.version is None
     assert logs and logs[0].startswith("WARNING: dovecot:") and "stock" in logs[0]
-    first = shell.commands[0]
+    assert shell.commands[0] == build.LIST_COMMAND
+    first = shell.commands[1]
     assert first.index(build.PIN_PATH) < first.index("apt-get update"), "pin before apt"
+
+
+def test_deb_src_entry_uses_the_relays_own_archives():
+    shell = FakeShell(MADISON, fetch_ok=False)
+    build.query(shell, update=True)
+    put = re.search(
+        rf"echo (\S+) \| base64 -d > {re.escape(build.SOURCES_PATH)}", shell.commands[1]
+    )
+    written = base64.b64decode(put.group(1))
+    assert b"URIs: mirror+file:///etc/apt/mirrors/debian.list\n" in written
+    assert b"URIs: mirror+file:///etc/apt/mirrors/debian-security.list\n" in written
+
+
+def test_a_relay_without_a_debian_archive_is_told_what_to_add():
+    shell = FakeShell(MADISON, fetch_ok=False, sources="==> /etc/apt/sources.list\n")
+    with pytest.raises(build.BuildError, match="no Debian archive.*of the relay"):
+        build.query(shell, update=True)
 
 
 def test_prepare_uses_the_cache(tmp_path):
