@@ -90,6 +90,9 @@ def components(config) -> list[Component]:
         Component("filtermail-incoming", "filtermail-incoming", (
             tcp(f"smtp {config.filtermail_smtp_port_incoming}", "smtp",
                 config.filtermail_smtp_port_incoming),
+            # /mxdeliv answers a GET with 405: the HTTP side is up.
+            tcp(f"http {config.filtermail_http_port_incoming}", "http",
+                config.filtermail_http_port_incoming, url="/mxdeliv"),
         )),
         # It only relays Dovecot's auth protocol: accepting a connection is its answer.
         Component("chatmail-saslproxy", "chatmail-saslproxy",

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 from chatmaild.config import parse_config, render_initial_config
+from chatmaild.filtermail.mxdeliv import body_limit
 
 from cmdeploy.deployer_base import DeployOptions
 from cmdeploy.dovecot.deployer import DovecotDeployer
@@ -232,3 +233,11 @@ def test_unbound_config_forwards_lab_zones(tmp_path):
     out = subprocess.run(["unbound-checkconf", conf], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "forward-addr: 10.77.0.1" in text and 'domain-insecure: "lab"' in text
+
+
+def test_nginx_mxdeliv_body_limit_is_the_backends(config):
+    """nginx lets through exactly what filtermail's /mxdeliv reads, no 1 MiB default."""
+    text = NginxDeployer(config, DeployOptions()).render("nginx.conf.j2", ini_path="/x.ini")
+    location = text.split("location = /mxdeliv {", 1)[1].split("}", 1)[0]
+    assert f"client_max_body_size {body_limit(config.max_message_size)};" in location
+    assert f"proxy_pass http://127.0.0.1:{config.filtermail_http_port_incoming};" in location
