@@ -30,6 +30,8 @@ DAEMONS = {
                           "chatmail-metadata"),
     "filtermail": ("filtermail {ini} outgoing", None),
     "filtermail-incoming": ("filtermail {ini} incoming", None),
+    # Postfix's default_transport (postfix/main.cf.j2): remote mail over HTTPS or SMTP.
+    "chatmail-mxtransport": ("chatmail-mxtransport {ini}", None),
     # Postfix's SASL path (postfix/master.cf.j2) -> Dovecot's auth (dovecot/dovecot.conf.j2).
     "chatmail-saslproxy": (f"chatmail-saslproxy {SASL_SOCKET} /run/dovecot/chatmail-sasl", None),
 }  # fmt: skip
@@ -52,7 +54,8 @@ def unit_limits(name: str, config) -> dict:
     so MemoryHigh is 192 MiB + 8 x max_message_size (432 MiB for the default 30 MiB) and
     MemoryMax 128 MiB above. Measured: 24 MB idle, 111 MB with six 16 MB messages at once.
     """
-    if name.startswith("filtermail"):
+    # chatmail-mxtransport holds bodies under the same kind of budget (mxtransport.py).
+    if name.startswith("filtermail") or name == "chatmail-mxtransport":
         high = 192 * MiB + 8 * config.max_message_size
         return _limits(high, high + 128 * MiB, 64)
     mib, tasks = UNIT_MEMORY_MIB.get(name, (256, 32))

@@ -27,6 +27,7 @@ TARGETS = {
     "chatmail-metadata": ("chatmail-metadata", None),
     "filtermail": ("filtermail", None),
     "filtermail-incoming": ("filtermail-incoming", None),
+    "chatmail-mxtransport": ("chatmail-mxtransport", None),
     "chatmail-saslproxy": ("chatmail-saslproxy", None),
     # Socket-activated: the service behind fcgiwrap.socket is what crashes.
     "fcgiwrap": ("fcgiwrap.service", None),
