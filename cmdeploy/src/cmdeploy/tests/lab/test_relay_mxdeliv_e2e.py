@@ -8,7 +8,7 @@ Then:
    relays (the online suite's own tests, run through ``cmdeploy test``); every delivery
    between them went through chatmail-mxtransport's HTTPS path (Postfix log, mtail);
 2. with relay2's nginx stopped as well (both paths down), a message waits deferred in
-   relay1's queue and arrives once nginx is back;
+   relay1's queue and arrives once nginx is back (pending: not run in the lab yet);
 3. mtail counts the deliveries per path (pending: see its test).
 """
 
@@ -115,7 +115,10 @@ def test_delta_chat_across_relays_over_https_only(lab, relays, blocked):
     assert dropped_25(lab, relay1) == 0 and dropped_25(lab, relay2) == 0
 
 
+@pytest.mark.pending
 def test_both_paths_down_mail_waits_and_arrives_once_https_is_back(lab, relays, blocked):
+    """Pending: not run in the lab yet (no lab time before the deadline); the unit test
+    test_both_paths_down_defers_every_recipient covers the transport's side."""
     relay1, relay2 = relays
     sender, rcpt = f"{name()}@{relay1.domain}", f"{name()}@{relay2.domain}"
     for addr, relay in ((sender, relay1), (rcpt, relay2)):
