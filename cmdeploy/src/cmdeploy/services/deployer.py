@@ -22,12 +22,19 @@ INI = f"{BASE}/chatmail.ini"
 SASL_DIR = "/var/spool/postfix/chatmail-sasl"
 SASL_SOCKET = f"{SASL_DIR}/auth"
 
+# The dict services Dovecot asks (dovecot/*.j2 name these paths): each socket belongs to a
+# socket unit, which keeps listening while its service restarts or is stopped.
+SOCKETS = {
+    "doveauth": "/run/doveauth/doveauth.socket",
+    "lastlogin": "/run/chatmail-lastlogin/lastlogin.socket",
+    "chatmail-metadata": "/run/chatmail-metadata/metadata.socket",
+}
+
 # name -> (ExecStart arguments after the console script, socket runtime dir or None)
 DAEMONS = {
-    "doveauth": ("doveauth /run/doveauth/doveauth.socket {ini}", "doveauth"),
-    "lastlogin": ("lastlogin /run/chatmail-lastlogin/lastlogin.socket {ini}", "chatmail-lastlogin"),
-    "chatmail-metadata": ("chatmail-metadata /run/chatmail-metadata/metadata.socket {ini}",
-                          "chatmail-metadata"),
+    "doveauth": (f"doveauth {SOCKETS['doveauth']} {{ini}}", None),
+    "lastlogin": (f"lastlogin {SOCKETS['lastlogin']} {{ini}}", None),
+    "chatmail-metadata": (f"chatmail-metadata {SOCKETS['chatmail-metadata']} {{ini}}", None),
     "filtermail": ("filtermail {ini} outgoing", None),
     "filtermail-incoming": ("filtermail {ini} incoming", None),
     # Postfix's default_transport (postfix/main.cf.j2): remote mail over HTTPS or SMTP.
@@ -120,7 +127,11 @@ class ServicesDeployer(Deployer):
         for name, (args, runtime_dir) in DAEMONS.items():
             self.put_template("daemon.service.j2", f"/etc/systemd/system/{name}.service",
                               description=name, exec_start=f"{VENV}/bin/" + args.format(ini=INI),
-                              runtime_dir=runtime_dir, **unit_limits(name, self.config))  # fmt: skip
+                              runtime_dir=runtime_dir, socket_unit=name in SOCKETS,
+                              **unit_limits(name, self.config))  # fmt: skip
+        for name, path in SOCKETS.items():
+            self.put_template("daemon.socket.j2", f"/etc/systemd/system/{name}.socket",
+                              description=name, path=path)  # fmt: skip
         for name, (args, when) in TIMERS.items():
             self.put_template("oneshot.service.j2", f"/etc/systemd/system/{name}.service",
                               description=name, exec_start=f"{VENV}/bin/" + args.format(ini=INI),
@@ -147,6 +158,16 @@ class ServicesDeployer(Deployer):
 
     def activate(self) -> None:
         systemd.daemon_reload(name="chatmaild: reload units", _if=self._units_changed)
+        for name, path in SOCKETS.items():
+            socket_state = host.get_fact(Command, f"systemctl is-active {name}.socket || true")
+            if socket_state.strip() != "active":
+                # Once, when the service still binds its own socket (deployed before its
+                # socket unit existed): stopped first, so that systemd listens on a free path.
+                server.shell(name=f"chatmaild: {name}.socket takes over {path}",
+                             commands=[f"systemctl stop {name}.service",
+                                       f"systemctl start {name}.socket"])  # fmt: skip
+            systemd.service(name=f"chatmaild: {name}.socket", service=f"{name}.socket",
+                            running=True, enabled=True)  # fmt: skip
         for name in DAEMONS:
             self.check_then_restart(name)
         for name in TIMERS:

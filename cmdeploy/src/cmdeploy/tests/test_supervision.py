@@ -75,7 +75,7 @@ def test_chatmaild_daemons_are_notify_units_that_restart_within_a_second():
     d = ServicesDeployer(config, DeployOptions())
     for name in DAEMONS:
         text = d.render("daemon.service.j2", description=name, exec_start="/bin/true",
-                        runtime_dir=None, **unit_limits(name, config))  # fmt: skip
+                        runtime_dir=None, socket_unit=False, **unit_limits(name, config))  # fmt: skip
         assert_restarts_quickly(text)
         assert effective(text, "Service", "Type") == ["notify"], name
 

@@ -12,7 +12,7 @@ from cmdeploy.dovecot.deployer import DovecotDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
 from cmdeploy.opendkim.deployer import OpenDKIMDeployer
 from cmdeploy.postfix.deployer import MAPS, PostfixDeployer
-from cmdeploy.services.deployer import DAEMONS, TIMERS, ServicesDeployer, unit_limits
+from cmdeploy.services.deployer import DAEMONS, SOCKETS, TIMERS, ServicesDeployer, unit_limits
 from cmdeploy.unbound.deployer import UnboundDeployer
 
 
@@ -170,8 +170,13 @@ def test_units_have_memory_and_task_caps(cert, tmp_path):
     units = []
     for name in DAEMONS:
         text = d.render("daemon.service.j2", description=name, exec_start="/bin/true",
-                        runtime_dir=None, **unit_limits(name, config))  # fmt: skip
+                        runtime_dir=None, socket_unit=name in SOCKETS,
+                        **unit_limits(name, config))  # fmt: skip
         units.append((name, text))
+    for name, path in SOCKETS.items():
+        socket_unit = d.render("daemon.socket.j2", description=name, path=path)
+        assert f"ListenStream={path}\n" in socket_unit and "SocketUser=vmail\n" in socket_unit
+        (tmp_path / f"{name}.socket").write_text(socket_unit)
     for name in TIMERS:
         text = d.render("oneshot.service.j2", description=name, exec_start="/bin/true",
                         **unit_limits(name, config))  # fmt: skip
@@ -181,7 +186,8 @@ def test_units_have_memory_and_task_caps(cert, tmp_path):
     for name, text in units:
         assert "MemoryMax=" in text and "TasksMax=" in text, name
         (tmp_path / f"{name}.service").write_text(text.replace("/usr/bin/echobot", "/bin/true"))
-    out = subprocess.run(["systemd-analyze", "verify", *sorted(tmp_path.glob("*.service"))],
+    out = subprocess.run(["systemd-analyze", "verify", *sorted(tmp_path.glob("*.service")),
+                          *sorted(tmp_path.glob("*.socket"))],
                          capture_output=True, text=True)  # fmt: skip
     problems = [line for line in out.stderr.splitlines() if "User=" not in line]
     assert out.returncode == 0 and not problems, out.stderr

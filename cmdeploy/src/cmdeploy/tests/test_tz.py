@@ -26,7 +26,7 @@ def test_chatmaild_units_set_tz(name):
     limits = unit_limits(name, config)
     if name in DAEMONS:
         text = d.render("daemon.service.j2", description=name, exec_start="/bin/true",
-                        runtime_dir=None, **limits)  # fmt: skip
+                        runtime_dir=None, socket_unit=False, **limits)  # fmt: skip
     elif name in TIMERS:
         text = d.render("oneshot.service.j2", description=name, exec_start="/bin/true", **limits)
     else:

@@ -76,14 +76,15 @@ def status_of(lab, relay):
 
 
 def test_status_names_a_stopped_service_and_is_happy_once_it_is_back(lab, relay):
-    lab.ssh_run(relay.name, "systemctl stop doveauth")
+    # With its socket unit too: a request to the socket alone would start it again.
+    lab.ssh_run(relay.name, "systemctl stop doveauth.socket doveauth")
     try:
         proc = status_of(lab, relay)
         assert proc.returncode == 1, proc.stdout
         assert "doveauth (unit doveauth is inactive)" in proc.stderr
         assert re.search(r"^  doveauth\s+inactive$", proc.stdout, re.M), proc.stdout
     finally:
-        lab.ssh_run(relay.name, "systemctl start doveauth")
+        lab.ssh_run(relay.name, "systemctl start doveauth.socket doveauth")
     proc = status_of(lab, relay)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from cmdeploy.lab.relay import lab_relay
+from cmdeploy.services.deployer import SOCKETS
 from cmdeploy.tests.lab.probes import call
 from cmdeploy.tests.lab.test_relay_hostile import encrypted, mail_log, name, since
 
@@ -31,12 +32,16 @@ HUNG_SMTP_BOUND = 20
 HUNG_IMAP_BOUND = 90
 TOKEN = "tempfail-device-token"
 
-# case -> (unit, how it is taken down)
+# case -> (unit, how it is taken down). "stop" stops a dict service together with its
+# socket unit (really down); "stop-service" stops only the service, whose socket unit then
+# starts it again at the next request (services/daemon.socket.j2).
 CASES = {
     "doveauth": ("doveauth", "stop"),
+    "doveauth-service-only": ("doveauth", "stop-service"),
     "doveauth-hung": ("doveauth", "hang"),
     "lastlogin": ("lastlogin", "stop"),
     "chatmail-metadata": ("chatmail-metadata", "stop"),
+    "chatmail-metadata-service-only": ("chatmail-metadata", "stop-service"),
     "filtermail": ("filtermail", "stop"),
     "filtermail-incoming": ("filtermail-incoming", "stop"),
     "opendkim": ("opendkim", "stop"),
@@ -60,7 +65,8 @@ def accounts(lab, relays):
     }
     for who, addr in addrs.items():
         host = relay2.domain if who == "carol" else relay1.domain
-        assert call(lab, "imap_login", host=host, user=addr, password=PASSWORD)["ok"]
+        login = call(lab, "imap_login", host=host, user=addr, password=PASSWORD)
+        assert login["ok"], (addr, login)
     return addrs
 
 
@@ -138,6 +144,8 @@ def is_temporary(reply: dict) -> bool:
 def take_down(lab, relay, unit: str, how: str) -> None:
     if how == "hang":
         lab.ssh_run(relay.name, f"systemctl kill -s SIGSTOP {unit}")
+    elif how == "stop" and unit in SOCKETS:
+        lab.ssh_run(relay.name, f"systemctl stop {unit}.socket {unit}.service")
     else:
         lab.ssh_run(relay.name, f"systemctl stop {unit}")
 
@@ -145,6 +153,8 @@ def take_down(lab, relay, unit: str, how: str) -> None:
 def bring_back(lab, relay, unit: str, how: str) -> None:
     if how == "hang":
         lab.ssh_run(relay.name, f"systemctl kill -s SIGCONT {unit}")
+    elif unit in SOCKETS:
+        lab.ssh_run(relay.name, f"systemctl start {unit}.socket {unit}.service")
     else:
         lab.ssh_run(relay.name, f"systemctl start {unit}")
     lab.ssh_run(relay.name, f"systemctl is-active {unit}")
@@ -163,14 +173,19 @@ def test_service_down_gives_temporary_failures_only(lab, relays, accounts, start
     print(f"\n{case} down: " + "\n  ".join(f"{k}: {v}" for k, v in TABLE[case].items()))
 
     auth, imap = down["auth"], down["imap"]["replies"]
-    if unit == "doveauth":
+    if how == "stop-service":
+        # The socket unit started the service again at the first request: nothing failed.
+        assert auth["code"] == 235, auth
+        assert all(r.startswith(f"t{i} OK") for i, r in enumerate(imap)), imap
+        assert lab.ssh_run(relay1.name, f"systemctl is-active {unit}").stdout.strip() == "active"
+    elif unit == "doveauth":
         assert auth["code"] == 454, auth
         assert "NO [UNAVAILABLE]" in imap[0], imap
         assert auth["seconds"] < HUNG_SMTP_BOUND and down["imap"]["seconds"] < HUNG_IMAP_BOUND
     else:
         assert auth["code"] == 235, auth
         assert imap[0].startswith("t0 OK") and imap[1].startswith("t1 OK"), imap
-    if unit == "chatmail-metadata":
+    if unit == "chatmail-metadata" and how == "stop":
         # IMAP keeps working; only the METADATA commands fail, temporarily.
         assert imap[2].startswith("t2 NO"), imap
         assert imap[4].startswith("t4 OK"), imap  # LOGOUT: the session survived
