@@ -37,6 +37,7 @@ TOOLS = {
     "nsenter": "util-linux",
     "apt-get": "apt",
     "dpkg-query": "dpkg",
+    "sh": "dash",
 }
 
 # Packages must not start their own system services here: the lab runs its own tinyproxy
