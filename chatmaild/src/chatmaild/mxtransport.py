@@ -21,7 +21,6 @@ import ipaddress
 import logging
 import random
 import re
-import signal
 import ssl
 import sys
 import time
@@ -515,13 +514,7 @@ async def serve(config: Config) -> None:
         server, router = await start(config)
     except OSError as e:
         raise SystemExit(f"chatmail-mxtransport: cannot listen on {HOST}: {e}") from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print("entering serving loop", file=sys.stderr, flush=True)
-    sdnotify.ready()
-    await stop.wait()
+    await sdnotify.ready_until_stopped()
     # A delivery cut off here never answered Postfix, which defers and retries it.
     server.close()
     await router.close()

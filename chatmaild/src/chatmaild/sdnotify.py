@@ -9,9 +9,12 @@ then. Outside systemd (tests, a shell) the variable is unset and nothing is sent
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import socket
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,18 @@ def notify(state: str) -> bool:
 def ready() -> bool:
     """The service listens: let systemd mark the unit active."""
     return notify("READY=1")
+
+
+async def ready_until_stopped() -> None:
+    """Tell systemd (and a reader of stderr) that the service listens, then return at
+    SIGTERM (systemd's stop) or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("entering serving loop", file=sys.stderr, flush=True)
+    ready()
+    await stop.wait()
 
 
 # sd_listen_fds(3): passed sockets start at this descriptor.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -90,13 +89,7 @@ async def serve(config: Config, name: str) -> None:
         server = await start(config, name, http_port=http_port)
     except OSError as e:
         raise SystemExit(f"filtermail: cannot listen on {HOST} ({name}): {e}") from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print("entering serving loop", file=sys.stderr, flush=True)
-    sdnotify.ready()
-    await stop.wait()
+    await sdnotify.ready_until_stopped()
     # Not waiting for open sessions: one cut mid-transaction never got a 250, so
     # Postfix answers its client with a temporary error and the client retries.
     server.close()
