@@ -7,8 +7,6 @@ start times, link and namespace names, each host's mount), and `down` removes ex
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import shutil
 import socket
@@ -24,11 +22,11 @@ from .errors import LabError
 from .packages import install_missing
 from .processes import is_alive, proc_start_time, run, spawn_daemon, stop_process
 from .progress import Progress
+from .state import CACHE_DIR, STATE_DIR, StateStore
 
 NS_NAME = dns.NS_NAME
+__all__ = ["CACHE_DIR", "STATE_DIR", "Lab", "check_prerequisites"]
 
-STATE_DIR = Path(os.environ.get("CMLAB_STATE_DIR", "/var/lib/chatmail-lab"))
-CACHE_DIR = Path(os.environ.get("CMLAB_CACHE_DIR", "/var/cache/chatmail-lab"))
 # The programs the lab runs on this machine, each with an argument naming the state dir.
 DAEMONS = ("systemd-nspawn", "dnsmasq", "tinyproxy", "pebble")
 # Dovecot needs one inotify instance per IDLE mailbox, all as user vmail (lab-facts 11, 16).
@@ -51,7 +49,8 @@ class Lab:
         cache_dir: Path = CACHE_DIR,
         prefix: str = "10.77.0",
     ):
-        self.state_dir = Path(state_dir)
+        self.store = StateStore(state_dir)
+        self.state_dir = self.store.dir
         self.cache_dir = Path(cache_dir)
         self.prefix = prefix
         self.dns_ip = f"{prefix}.1"
@@ -61,36 +60,17 @@ class Lab:
         self.ssh_key = self.state_dir / "id_ed25519"
         self.known_hosts = self.state_dir / "known_hosts"
         self.ssh_config = self.state_dir / "ssh_config"
-        self.state_file = self.state_dir / "state.json"
-        self.zone_dir = self.state_dir / "zones"
-        self.log_dir = self.state_dir / "logs"
-        self.hosts_dir = self.state_dir / "hosts"
+        self.state_file = self.store.file
+        self.zone_dir = self.store.zone_dir
+        self.log_dir = self.store.log_dir
+        self.hosts_dir = self.store.hosts_dir
         self.last_up: dict = {}
-
-    # -- state ---------------------------------------------------------------
-
-    def _load(self) -> dict:
-        if self.state_file.exists():
-            return json.loads(self.state_file.read_text())
-        return {"hosts": {}, "procs": {}, "links": [], "netns": [], "sysctl": {}}
-
-    def _save(self, state: dict) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_file)
-
-    @contextlib.contextmanager
-    def _locked(self):
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
 
     # -- public API ----------------------------------------------------------
 
     def hosts(self) -> list[host.LabHost]:
         """The hosts recorded as part of the lab, in index order."""
-        state = self._load()
+        state = self.store.load()
         return [self._host(h["index"]) for h in sorted(state["hosts"].values(), key=_index)]
 
     def host(self, name: str) -> host.LabHost:
@@ -106,15 +86,15 @@ class Lab:
             raise LabError(f"--hosts must be between 1 and 200, not {hosts}")
         check_prerequisites(self.state_dir)
         t0 = time.monotonic()
-        with self._locked():
-            state = self._load()
+        with self.store.locked():
+            state = self.store.load()
             self._raise_inotify(state)
-            self._save(state)
+            self.store.save(state)
             base, built = ensure_base(self.cache_dir)
             self._ensure_key()
             if net.ensure_bridge(self.bridge, f"{self.dns_ip}/24"):
                 state["links"].append(self.bridge)
-            self._save(state)
+            self.store.save(state)
             wanted = [self._host(i) for i in range(1, hosts + 1)]
             new_zones = False
             for h in wanted:
@@ -141,8 +121,8 @@ class Lab:
 
         Every step is tried even if an earlier one failed; what failed stays recorded.
         """
-        with self._locked():
-            state = self._load()
+        with self.store.locked():
+            state = self.store.load()
             errors: list[str] = []
 
             def attempt(what: str, fn, *args) -> None:
@@ -166,7 +146,7 @@ class Lab:
             attempt("inotify limits", self._restore_inotify, state)
             if state["hosts"]:
                 # A host that did not stop keeps its tree: it may still be mounted or in use.
-                self._save(state)
+                self.store.save(state)
                 raise LabError("; ".join(errors))
             shutil.rmtree(self.zone_dir, ignore_errors=True)
             shutil.rmtree(self.state_dir / "acme", ignore_errors=True)
@@ -175,7 +155,7 @@ class Lab:
                 (self.state_dir / f).unlink(missing_ok=True)
             if errors:
                 state.update(procs={}, links=[], netns=[])
-                self._save(state)
+                self.store.save(state)
                 raise LabError("; ".join(errors))
             self.state_file.unlink(missing_ok=True)
 
@@ -186,8 +166,8 @@ class Lab:
         loopback port of each service.
         """
         h = self.host(name)
-        with self._locked():
-            state = self._load()
+        with self.store.locked():
+            state = self.store.load()
             for service in forward.PORTS:
                 key = f"forward-{h.name}-{service}"
                 rec = state["procs"].get(key)
@@ -195,7 +175,7 @@ class Lab:
                     continue
                 argv = forward.socat_argv(h.index, service, h.ip)
                 state["procs"][key] = spawn_daemon(argv, self.log_dir / f"{key}.log")
-                self._save(state)
+                self.store.save(state)
                 port = forward.local_port(h.index, service)
                 self._wait_ready(key, state, lambda port=port: _tcp_open(forward.LOOPBACK, port))
         return {service: forward.local_port(h.index, service) for service in forward.PORTS}
@@ -206,8 +186,8 @@ class Lab:
         `down` stops it and removes its files; a new start has a new issuing root.
         """
         workdir = self.state_dir / "acme"
-        with self._locked():
-            state = self._load()
+        with self.store.locked():
+            state = self.store.load()
             if "dnsmasq" not in state["procs"]:
                 raise LabError("the lab is not up: run `cmdeploy lab up` first")
             rec = state["procs"].get("pebble")
@@ -215,7 +195,7 @@ class Lab:
                 acme.make_api_cert(workdir, self.dns_ip)
                 argv = acme.pebble_argv(workdir, self.dns_ip)
                 state["procs"]["pebble"] = spawn_daemon(argv, self.log_dir / "pebble.log")
-                self._save(state)
+                self.store.save(state)
                 self._wait_ready(
                     "pebble", state, lambda: _tcp_open(self.dns_ip, acme.MANAGEMENT_PORT)
                 )
@@ -234,8 +214,8 @@ class Lab:
         """
         h = self.host(name)
         t0 = time.monotonic()
-        with self._locked():
-            state = self._load()
+        with self.store.locked():
+            state = self.store.load()
             rec = state["hosts"][h.name]
             link = host.bridge_link(rec["init"]["pid"]) if rec.get("init") else None
             if hard:
@@ -255,13 +235,13 @@ class Lab:
             rec["links"] = []
             log = self.log_dir / f"{h.name}.console.log"
             rec["nspawn"] = host.start(h, Path(rec["root"]), self.bridge, log)
-            self._save(state)
+            self.store.save(state)
             boot = self._wait_hosts(state, [h])[h.name]
         return {"down_seconds": down, "seconds": time.monotonic() - t0, "boot": boot}
 
     def status(self, probe: bool = True) -> dict:
         """What runs: services, hosts with their PIDs and (if probed) systemd state."""
-        state = self._load()
+        state = self.store.load()
         out: dict = {"up": bool(state["hosts"] or state["procs"]), "hosts": [], "services": {}}
         for key, rec in state["procs"].items():
             out["services"][key] = {"pid": rec["pid"], "alive": is_alive(rec["pid"], rec["start"])}
@@ -306,8 +286,8 @@ class Lab:
         Replaces every record of that zone; SOA and NS always name the lab DNS.
         """
         dns.parse_zone(domain, zone_text)
-        with self._locked():
-            state = self._load()
+        with self.store.locked():
+            state = self.store.load()
             if "dnsmasq" not in state["procs"]:
                 raise LabError("the lab is not up: run `cmdeploy lab up` first")
             self._write_zone(domain, zone_text)
@@ -341,14 +321,14 @@ class Lab:
 
     def records(self) -> dict:
         """A copy of what the lab recorded (PIDs, links, namespaces, mounts), for leftovers()."""
-        return self._load()
+        return self.store.load()
 
     def leftovers(self, records: dict | None = None) -> list[str]:
         """Anything of the lab still present: recorded PIDs, cmlab links/netns, mounts, cgroups.
 
         Zombies count as gone: they hold no resources and are reaped by their parent.
         """
-        recs = records if records is not None else self._load()
+        recs = records if records is not None else self.store.load()
         found = []
         procs = [(k, r) for k, r in recs["procs"].items()]
         for name, h in recs["hosts"].items():
@@ -441,7 +421,7 @@ class Lab:
         conf.write_text(dns.dnsmasq_conf(self.dns_ip, self.zone_dir))
         argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-"]
         state["procs"]["dnsmasq"] = spawn_daemon(argv, self.log_dir / "dnsmasq.log")
-        self._save(state)
+        self.store.save(state)
         self._wait_ready("dnsmasq", state, lambda: _dns_answers(self.dns_ip))
 
     def _ensure_tinyproxy(self, state: dict) -> None:
@@ -456,7 +436,7 @@ class Lab:
         conf.write_text(proxy.tinyproxy_conf(self.dns_ip, self.subnet, str(log)))
         argv = ["tinyproxy", "-d", "-c", str(conf)]
         state["procs"]["tinyproxy"] = spawn_daemon(argv, self.log_dir / "tinyproxy.out")
-        self._save(state)
+        self.store.save(state)
         self._wait_ready("tinyproxy", state, lambda: _tcp_open(self.dns_ip, proxy.PORT))
 
     def _wait_ready(self, key: str, state: dict, probe, timeout: float = 10) -> None:
@@ -477,7 +457,7 @@ class Lab:
             state["netns"].append(self.netns)
         if host_if not in state["links"]:
             state["links"].append(host_if)
-        self._save(state)
+        self.store.save(state)
         net.ensure_client_netns(
             self.netns, self.bridge, host_if, ns_if, f"{self.client_ip}/24", self.dns_ip
         )
@@ -492,12 +472,12 @@ class Lab:
             root, mounted = host.mount_root(base, host_dir)
             rec = {"index": h.index, "root": str(root), "mount": str(root) if mounted else None}
             state["hosts"][h.name] = {**rec, "nspawn": {"pid": 0, "start": None, "argv": []}}
-            self._save(state)
+            self.store.save(state)
             host.configure_root(root, h, self)
             log = self.log_dir / f"{h.name}.console.log"
             log.unlink(missing_ok=True)
             state["hosts"][h.name]["nspawn"] = host.start(h, root, self.bridge, log)
-            self._save(state)
+            self.store.save(state)
             started.append(h)
         self._write_ssh_files(state)
         return started
@@ -530,7 +510,7 @@ class Lab:
                 rec["links"] = (
                     [own] if own else [p for p in ports if p.startswith("vb-") and p not in known]
                 )
-                self._save(state)
+                self.store.save(state)
         return result
 
     def _write_ssh_files(self, state: dict) -> None:
@@ -561,12 +541,12 @@ class Lab:
         for link in rec.get("links", []):
             net.delete_link(link)
         del state["hosts"][name]
-        self._save(state)
+        self.store.save(state)
 
     def _stop_service(self, state: dict, key: str) -> None:
         stop_process(state["procs"][key])
         del state["procs"][key]
-        self._save(state)
+        self.store.save(state)
 
     def _stop_strays(self) -> None:
         """Processes of the lab whose records were lost (an interrupted run), nspawn first."""
