@@ -9,7 +9,7 @@ Then:
    between them went through chatmail-mxtransport's HTTPS path (Postfix log, mtail);
 2. with relay2's nginx stopped as well (both paths down), a message waits deferred in
    relay1's queue and arrives once nginx is back;
-3. mtail counts the deliveries per path (pending: see its test).
+3. mtail counts the deliveries per path.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def blocked(lab, relays):
 def metrics(lab, relay) -> dict[str, float]:
     out = lab.ssh_run(relay.name, "curl -s http://127.0.0.1:3903/metrics").stdout
     found = {}
-    for m in re.finditer(r"^(outgoing_\w+_delivery_count)(?:\{[^}]*\})? (\S+)$", out, re.M):
+    for m in re.finditer(r"^(\w+)\{prog=\"chatmail\.mtail\"[^}]*\} (\S+)$", out, re.M):
         found[m.group(1)] = found.get(m.group(1), 0) + float(m.group(2))
     return found
 
@@ -161,12 +161,18 @@ def test_both_paths_down_mail_waits_and_arrives_once_https_is_back(lab, relays, 
     assert rcpt not in lab.ssh_run(relay1.name, "postqueue -j").stdout
 
 
-@pytest.mark.pending
 def test_mtail_counts_the_deliveries_per_path(lab, relays):
-    """Pending: in the lab mtail's counters stayed 0 although the journal has the lines
-    (chatmail.mtail's patterns match them in test_mtail.py, with mtail reading a file);
-    why mtail reading ``journalctl -f`` from stdin did not count them is not found yet."""
+    """After the two tests above: relay1 delivered over HTTPS and deferred once, never SMTP.
+
+    (mtail counted nothing here while its unit gave it ``--logs -``: mtail 3.0.0~rc50 took
+    that for a file named "-"; it reads the journal pipe as /dev/stdin now.)"""
     relay1, relay2 = relays
-    assert metrics(lab, relay1).get("outgoing_https_delivery_count", 0) > 0
-    assert metrics(lab, relay1).get("outgoing_deferred_delivery_count", 0) > 0
-    assert metrics(lab, relay1).get("outgoing_smtp_delivery_count", 0) == 0
+    counts = metrics(lab, relay1)
+    assert counts.get("outgoing_https_delivery_count", 0) > 0, counts
+    assert counts.get("outgoing_deferred_delivery_count", 0) > 0, counts
+    assert counts.get("outgoing_smtp_delivery_count", 0) == 0, counts
+    # The other services' lines count as well (Dovecot's on the receiving relay, the
+    # incoming /mxdeliv requests): mtail sees the whole journal, not only its own unit's.
+    counts2 = metrics(lab, relay2)
+    assert counts2.get("delivered_mail", 0) > 0, counts2
+    assert counts2.get("mxdeliv_delivered", 0) > 0, counts2
