@@ -31,6 +31,17 @@ class LabHost:
     machine: str
 
 
+@dataclass(frozen=True)
+class RootSettings:
+    """What every host's root gets from the lab: its resolver, proxy, subnet and SSH key."""
+
+    dns_ip: str
+    proxy_url: str
+    # Reached directly, not through the proxy.
+    subnet: str
+    authorized_keys: str
+
+
 def make_host(index: int, prefix: str) -> LabHost:
     name = f"relay{index}"
     # The leading underscore makes Delta Chat accept the self-signed certificate (real-clients §2.2).
@@ -66,7 +77,7 @@ def is_mountpoint(path: Path) -> bool:
         return any(line.split()[4] == target for line in f)
 
 
-def configure_root(root: Path, host: LabHost, lab) -> None:
+def configure_root(root: Path, host: LabHost, settings: RootSettings) -> None:
     """Per-host files: identity, address, resolver, proxy, CA certificates, SSH access."""
     etc = root / "etc"
     (etc / "hostname").write_text(f"{host.name}\n")
@@ -77,21 +88,21 @@ def configure_root(root: Path, host: LabHost, lab) -> None:
         (etc / "machine-id").write_text(uuid.uuid4().hex + "\n")
     (etc / "systemd/network/10-cmlab.network").write_text(
         "[Match]\nName=host0\n\n[Network]\n"
-        f"Address={host.ip}/24\nDNS={lab.dns_ip}\n"
+        f"Address={host.ip}/24\nDNS={settings.dns_ip}\n"
         # No gateway: the proxy is the only way out, anything else fails fast.
         "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
     )
     resolv = etc / "resolv.conf"
     resolv.unlink(missing_ok=True)
-    resolv.write_text(f"nameserver {lab.dns_ip}\noptions timeout:2 attempts:2\n")
-    proxy = lab.proxy_url
+    resolv.write_text(f"nameserver {settings.dns_ip}\noptions timeout:2 attempts:2\n")
+    proxy = settings.proxy_url
     (etc / "apt/apt.conf.d/80cmlab-proxy").write_text(
         f'Acquire::http::Proxy "{proxy}";\nAcquire::https::Proxy "{proxy}";\n'
     )
     (etc / "pip.conf").write_text(
         f"[global]\nproxy = {proxy}\ncert = /etc/ssl/certs/ca-certificates.crt\n"
     )
-    no_proxy = f"localhost,127.0.0.1,::1,.lab,{lab.prefix}.0/24"
+    no_proxy = f"localhost,127.0.0.1,::1,.lab,{settings.subnet}"
     (etc / "environment").write_text(
         "".join(
             f"{k}={v}\n"
@@ -113,7 +124,7 @@ def configure_root(root: Path, host: LabHost, lab) -> None:
     run(["chroot", str(root), "update-ca-certificates"])
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(lab.ssh_key.with_suffix(".pub").read_text())
+    (ssh_dir / "authorized_keys").write_text(settings.authorized_keys)
     (ssh_dir / "authorized_keys").chmod(0o600)
     if not list((etc / "ssh").glob("ssh_host_*_key")):
         run(["ssh-keygen", "-A", "-f", str(root)])

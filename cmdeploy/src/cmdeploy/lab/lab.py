@@ -463,6 +463,12 @@ class Lab:
         )
 
     def _start_hosts(self, state: dict, wanted: list[host.LabHost], base: Path) -> list:
+        settings = host.RootSettings(
+            dns_ip=self.dns_ip,
+            proxy_url=self.proxy_url,
+            subnet=self.subnet,
+            authorized_keys=self.ssh_key.with_suffix(".pub").read_text(),
+        )
         started = []
         for h in wanted:
             rec = state["hosts"].get(h.name)
@@ -473,7 +479,7 @@ class Lab:
             rec = {"index": h.index, "root": str(root), "mount": str(root) if mounted else None}
             state["hosts"][h.name] = {**rec, "nspawn": {"pid": 0, "start": None, "argv": []}}
             self.store.save(state)
-            host.configure_root(root, h, self)
+            host.configure_root(root, h, settings)
             log = self.log_dir / f"{h.name}.console.log"
             log.unlink(missing_ok=True)
             state["hosts"][h.name]["nspawn"] = host.start(h, root, self.bridge, log)

@@ -10,6 +10,7 @@ import pytest
 from cmdeploy.cli import build_parser
 from cmdeploy.lab import LabError
 from cmdeploy.lab import dns as labdns
+from cmdeploy.lab import host as labhost
 from cmdeploy.lab import lab as labmod
 
 
@@ -71,3 +72,38 @@ def test_lab_subcommands_parse():
 def test_loading_a_zone_needs_a_running_lab(tmp_path):
     with pytest.raises(LabError, match="lab up"):
         labmod.Lab(state_dir=tmp_path).load_zone("_r.lab", "_r.lab. 3600 IN A 10.77.0.11\n")
+
+
+def test_a_host_root_gets_the_lab_resolver_proxy_and_key(monkeypatch, tmp_path):
+    root = tmp_path / "root"
+    for d in ("etc/systemd/network", "etc/apt/apt.conf.d", "etc/ssh"):
+        (root / d).mkdir(parents=True)
+    (root / "etc/machine-id").write_text("")
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("")
+    ran = []
+    monkeypatch.setattr(labhost, "run", lambda argv, **kw: ran.append(argv))
+    monkeypatch.setattr(labhost, "HOST_CA_DIR", tmp_path / "no-cas")
+    settings = labhost.RootSettings(
+        dns_ip="10.9.0.1",
+        proxy_url="http://10.9.0.1:3142",
+        subnet="10.9.0.0/24",
+        authorized_keys="ssh-ed25519 AAAA cmlab\n",
+    )
+    labhost.configure_root(root, labhost.make_host(3, "10.9.0"), settings)
+    etc = root / "etc"
+    assert (etc / "hostname").read_text() == "relay3\n"
+    assert (etc / "resolv.conf").read_text().startswith("nameserver 10.9.0.1\n")
+    assert (
+        "Address=10.9.0.13/24\nDNS=10.9.0.1\n"
+        in (etc / "systemd/network/10-cmlab.network").read_text()
+    )
+    assert (
+        "no_proxy=localhost,127.0.0.1,::1,.lab,10.9.0.0/24\n" in (etc / "environment").read_text()
+    )
+    assert (
+        'Acquire::https::Proxy "http://10.9.0.1:3142";'
+        in (etc / "apt/apt.conf.d/80cmlab-proxy").read_text()
+    )
+    assert (root / "root/.ssh/authorized_keys").read_text() == "ssh-ed25519 AAAA cmlab\n"
+    assert len((etc / "machine-id").read_text().strip()) == 32
+    assert ran == [["chroot", str(root), "update-ca-certificates"]]
