@@ -2,6 +2,11 @@
 
 Everything the lab starts or creates is written to a state file first-hand (PIDs with their
 start times, link and namespace names, each host's mount), and `down` removes exactly those.
+`Lab` is the entry point and runs the hosts; the other jobs have a module each:
+
+- lab.state: the state file and its lock
+- lab.services: dnsmasq, tinyproxy, the client namespace, forwards, pebble, inotify limits
+- lab.host: one host's root, boot and power cut
 """
 
 from __future__ import annotations
@@ -9,39 +14,32 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import acme, dns, forward, host, net, proxy
+from . import acme, dns, forward, host, net
 from .base import ensure_base
 from .errors import LabError
 from .packages import install_missing
-from .processes import is_alive, proc_start_time, run, spawn_daemon, stop_process
+from .processes import is_alive, proc_start_time, run, stop_process
 from .progress import Progress
-from .state import CACHE_DIR, STATE_DIR, StateStore
+from .services import Network, Services, raise_inotify, restore_inotify
+from .state import CACHE_DIR, STATE_DIR, StateStore, by_index, running
 
-NS_NAME = dns.NS_NAME
 __all__ = ["CACHE_DIR", "STATE_DIR", "Lab", "check_prerequisites"]
 
 # The programs the lab runs on this machine, each with an argument naming the state dir.
 DAEMONS = ("systemd-nspawn", "dnsmasq", "tinyproxy", "pebble")
-# Dovecot needs one inotify instance per IDLE mailbox, all as user vmail (lab-facts 11, 16).
-INOTIFY_MIN = {
-    "fs/inotify/max_user_instances": 65536,
-    "fs/inotify/max_user_watches": 1048576,
-}
+# What `down` removes from the state dir once no host is left; the cached base and key stay.
+STATE_FILES = ("known_hosts", "ssh_config", "dnsmasq.conf", "tinyproxy.conf")
+STATE_TREES = ("zones", "acme", "hosts")
 
 
 class Lab:
     """The lab on this machine; all methods need root."""
-
-    bridge = "cmlab0"
-    netns = "cmlab-client"
-    client_links = ("cmlab-c0", "cmlab-c1")
 
     def __init__(
         self,
@@ -50,20 +48,16 @@ class Lab:
         prefix: str = "10.77.0",
     ):
         self.store = StateStore(state_dir)
+        self.network = nw = Network(prefix)
+        self.services = Services(self.store, nw)
         self.state_dir = self.store.dir
+        self.log_dir = self.store.log_dir
         self.cache_dir = Path(cache_dir)
-        self.prefix = prefix
-        self.dns_ip = f"{prefix}.1"
-        self.client_ip = f"{prefix}.2"
-        self.subnet = f"{prefix}.0/24"
-        self.proxy_url = proxy.proxy_url(self.dns_ip)
+        self.prefix, self.bridge, self.netns = prefix, nw.bridge, nw.netns
+        self.dns_ip, self.client_ip, self.proxy_url = nw.dns_ip, nw.client_ip, nw.proxy_url
         self.ssh_key = self.state_dir / "id_ed25519"
         self.known_hosts = self.state_dir / "known_hosts"
         self.ssh_config = self.state_dir / "ssh_config"
-        self.state_file = self.store.file
-        self.zone_dir = self.store.zone_dir
-        self.log_dir = self.store.log_dir
-        self.hosts_dir = self.store.hosts_dir
         self.last_up: dict = {}
 
     # -- public API ----------------------------------------------------------
@@ -71,7 +65,7 @@ class Lab:
     def hosts(self) -> list[host.LabHost]:
         """The hosts recorded as part of the lab, in index order."""
         state = self.store.load()
-        return [self._host(h["index"]) for h in sorted(state["hosts"].values(), key=_index)]
+        return [self._host(h["index"]) for h in sorted(state["hosts"].values(), key=by_index)]
 
     def host(self, name: str) -> host.LabHost:
         """A lab host by short name (`relay1`), domain (`_relay1.lab`) or machine name."""
@@ -86,26 +80,26 @@ class Lab:
             raise LabError(f"--hosts must be between 1 and 200, not {hosts}")
         check_prerequisites(self.state_dir)
         t0 = time.monotonic()
-        with self.store.locked():
-            state = self.store.load()
-            self._raise_inotify(state)
-            self.store.save(state)
+        store, services = self.store, self.services
+        with store.locked():
+            state = store.load()
+            raise_inotify(state)
+            store.save(state)
             base, built = ensure_base(self.cache_dir)
             self._ensure_key()
             if net.ensure_bridge(self.bridge, f"{self.dns_ip}/24"):
                 state["links"].append(self.bridge)
-            self.store.save(state)
+            store.save(state)
             wanted = [self._host(i) for i in range(1, hosts + 1)]
             new_zones = False
             for h in wanted:
-                zone = self.zone_dir / f"{h.domain}.conf"
-                if not zone.exists():
-                    self._write_zone(h.domain, dns.host_zone(h.domain, h.ip))
+                if not services.has_zone(h.domain):
+                    services.write_zone(h.domain, dns.host_zone(h.domain, h.ip))
                     new_zones = True
             # dnsmasq reads its zone files at start: a host added to a running lab needs it.
-            self._ensure_dnsmasq(state, restart=new_zones)
-            self._ensure_tinyproxy(state)
-            self._ensure_client_ns(state)
+            services.ensure_dnsmasq(state, restart=new_zones)
+            services.ensure_tinyproxy(state)
+            services.ensure_client_ns(state)
             started = self._start_hosts(state, wanted, base)
             boot = self._wait_hosts(state, started)
         self.last_up = {
@@ -121,11 +115,12 @@ class Lab:
 
         Every step is tried even if an earlier one failed; what failed stays recorded.
         """
-        with self.store.locked():
-            state = self.store.load()
+        store = self.store
+        with store.locked():
+            state = store.load()
             errors: list[str] = []
 
-            def attempt(what: str, fn, *args) -> None:
+            def attempt(what: str, fn: Callable, *args) -> None:
                 try:
                     fn(*args)
                 except (LabError, OSError) as e:
@@ -138,26 +133,25 @@ class Lab:
             attempt("stray lab processes", self._stop_strays)
             attempt("stray mounts", self._unmount_strays)
             attempt("stray cgroups", self._remove_stray_cgroups)
-            for ns in dict.fromkeys(state["netns"] + [self.netns]):
+            for ns in dict.fromkeys(state["netns"] + [self.network.netns]):
                 attempt(f"netns {ns}", self._delete_netns, ns)
             # Our links by record, plus any cmlab-named leftover of an interrupted run.
             for link in dict.fromkeys(state["links"] + net.links_with_prefix("cmlab", "vb-cmlab")):
                 attempt(f"link {link}", net.delete_link, link)
-            attempt("inotify limits", self._restore_inotify, state)
+            attempt("inotify limits", restore_inotify, state)
             if state["hosts"]:
                 # A host that did not stop keeps its tree: it may still be mounted or in use.
-                self.store.save(state)
+                store.save(state)
                 raise LabError("; ".join(errors))
-            shutil.rmtree(self.zone_dir, ignore_errors=True)
-            shutil.rmtree(self.state_dir / "acme", ignore_errors=True)
-            shutil.rmtree(self.hosts_dir, ignore_errors=True)
-            for f in ("known_hosts", "ssh_config", "dnsmasq.conf", "tinyproxy.conf"):
-                (self.state_dir / f).unlink(missing_ok=True)
+            for tree in STATE_TREES:
+                shutil.rmtree(store.dir / tree, ignore_errors=True)
+            for f in STATE_FILES:
+                (store.dir / f).unlink(missing_ok=True)
             if errors:
                 state.update(procs={}, links=[], netns=[])
-                self.store.save(state)
+                store.save(state)
                 raise LabError("; ".join(errors))
-            self.state_file.unlink(missing_ok=True)
+            store.file.unlink(missing_ok=True)
 
     def forward(self, name: str) -> dict[str, int]:
         """Forward the host's IMAP, SMTP and HTTPS ports to 127.0.0.1 (see lab.forward).
@@ -167,17 +161,7 @@ class Lab:
         """
         h = self.host(name)
         with self.store.locked():
-            state = self.store.load()
-            for service in forward.PORTS:
-                key = f"forward-{h.name}-{service}"
-                rec = state["procs"].get(key)
-                if rec and is_alive(rec["pid"], rec["start"]):
-                    continue
-                argv = forward.socat_argv(h.index, service, h.ip)
-                state["procs"][key] = spawn_daemon(argv, self.log_dir / f"{key}.log")
-                self.store.save(state)
-                port = forward.local_port(h.index, service)
-                self._wait_ready(key, state, lambda port=port: _tcp_open(forward.LOOPBACK, port))
+            self.services.ensure_forwards(self.store.load(), h)
         return {service: forward.local_port(h.index, service) for service in forward.PORTS}
 
     def acme_server(self) -> acme.AcmeServer:
@@ -185,26 +169,10 @@ class Lab:
 
         `down` stops it and removes its files; a new start has a new issuing root.
         """
-        workdir = self.state_dir / "acme"
         with self.store.locked():
             state = self.store.load()
-            if "dnsmasq" not in state["procs"]:
-                raise LabError("the lab is not up: run `cmdeploy lab up` first")
-            rec = state["procs"].get("pebble")
-            if not (rec and is_alive(rec["pid"], rec["start"])):
-                acme.make_api_cert(workdir, self.dns_ip)
-                argv = acme.pebble_argv(workdir, self.dns_ip)
-                state["procs"]["pebble"] = spawn_daemon(argv, self.log_dir / "pebble.log")
-                self.store.save(state)
-                self._wait_ready(
-                    "pebble", state, lambda: _tcp_open(self.dns_ip, acme.MANAGEMENT_PORT)
-                )
-                root = acme.fetch_root(workdir, self.dns_ip)
-                acme.write_bundle(workdir, root)
-            root = acme.fetch_root(workdir, self.dns_ip)
-        return acme.AcmeServer(
-            acme.directory_url(self.dns_ip), workdir / "ca-bundle.pem", root_pem=root
-        )
+            self.services.require_up(state)
+            return self.services.ensure_pebble(state)
 
     def reboot(self, name: str, hard: bool = False) -> dict:
         """Reboot a host on its own root: `systemctl reboot` inside, or a power cut if `hard`.
@@ -244,10 +212,10 @@ class Lab:
         state = self.store.load()
         out: dict = {"up": bool(state["hosts"] or state["procs"]), "hosts": [], "services": {}}
         for key, rec in state["procs"].items():
-            out["services"][key] = {"pid": rec["pid"], "alive": is_alive(rec["pid"], rec["start"])}
-        for rec in sorted(state["hosts"].values(), key=_index):
+            out["services"][key] = {"pid": rec["pid"], "alive": running(rec)}
+        for rec in sorted(state["hosts"].values(), key=by_index):
             h = self._host(rec["index"])
-            alive = is_alive(rec["nspawn"]["pid"], rec["nspawn"]["start"])
+            alive = running(rec["nspawn"])
             entry = {
                 "name": h.name,
                 "domain": h.domain,
@@ -261,7 +229,7 @@ class Lab:
             out["hosts"].append(entry)
         return out
 
-    def ssh_argv(self, name: str) -> list[str]:
+    def ssh_argv(self, name: str | host.LabHost) -> list[str]:
         """The ssh command line (without a remote command) for root on a lab host."""
         h = self.host(name) if not isinstance(name, host.LabHost) else name
         return ["ssh", "-F", str(self.ssh_config), h.name]
@@ -288,11 +256,10 @@ class Lab:
         dns.parse_zone(domain, zone_text)
         with self.store.locked():
             state = self.store.load()
-            if "dnsmasq" not in state["procs"]:
-                raise LabError("the lab is not up: run `cmdeploy lab up` first")
-            self._write_zone(domain, zone_text)
+            self.services.require_up(state)
+            self.services.write_zone(domain, zone_text)
             # dnsmasq rereads only hosts files on SIGHUP, so records need a restart.
-            self._ensure_dnsmasq(state, restart=True)
+            self.services.ensure_dnsmasq(state, restart=True)
 
     def client_ns_cmd(self, argv: Sequence[str]) -> list[str]:
         """`argv` prefixed so it runs in the client namespace (lab DNS as resolver)."""
@@ -329,6 +296,7 @@ class Lab:
         Zombies count as gone: they hold no resources and are reaped by their parent.
         """
         recs = records if records is not None else self.store.load()
+        netns = self.network.netns
         found = []
         procs = [(k, r) for k, r in recs["procs"].items()]
         for name, h in recs["hosts"].items():
@@ -341,141 +309,36 @@ class Lab:
         links |= {link for link in recs["links"] if net.link_exists(link)}
         found += [f"link {link}" for link in sorted(links)]
         found += [f"netns {ns}" for ns in net.netns_list() if ns.startswith("cmlab")]
-        if (net.NETNS_ETC / self.netns).exists():
-            found.append(f"directory {net.NETNS_ETC / self.netns}")
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f]
-        ours = (str(self.state_dir), "/run/netns/cmlab")
-        found += [f"mount {m}" for m in mounts if m.startswith(ours)]
+        if (net.NETNS_ETC / netns).exists():
+            found.append(f"directory {net.NETNS_ETC / netns}")
+        ours = (str(self.store.dir), "/run/netns/cmlab")
+        found += [f"mount {m}" for m in _mounts() if m.startswith(ours)]
         found += [f"cgroup {d.parent}" for d in host.cgroup_dirs("any") if d.parent.exists()]
         return found
 
-    def _stray_processes(self) -> list[tuple[int, str]]:
-        """Live processes whose root is a lab host, or lab daemons started from the lab's files."""
-        found = []
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
-            try:
-                root = os.readlink(p / "root")
-                cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            lab_root = root.startswith(str(self.hosts_dir))
-            daemon = cmdline.startswith(DAEMONS) and str(self.state_dir) in cmdline
-            if (lab_root or daemon) and is_alive(int(p.name)):
-                found.append((int(p.name), cmdline))
-        return found
-
-    # -- parts ---------------------------------------------------------------
+    # -- hosts ---------------------------------------------------------------
 
     def _host(self, index: int) -> host.LabHost:
         return host.make_host(index, self.prefix)
 
     def _ensure_key(self) -> None:
         if not self.ssh_key.exists():
-            run(
-                [
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "cmlab",
-                    "-f",
-                    str(self.ssh_key),
-                ]
-            )
-
-    def _raise_inotify(self, state: dict) -> None:
-        for key, minimum in INOTIFY_MIN.items():
-            path = Path("/proc/sys", key)
-            current = int(path.read_text())
-            if current < minimum:
-                state["sysctl"].setdefault(key, current)
-                path.write_text(f"{minimum}\n")
-
-    def _restore_inotify(self, state: dict) -> None:
-        for key, old in state["sysctl"].items():
-            with contextlib.suppress(OSError):
-                Path("/proc/sys", key).write_text(f"{old}\n")
-        state["sysctl"] = {}
-
-    def _write_zone(self, domain: str, zone_text: str) -> None:
-        records = dns.parse_zone(domain, zone_text)
-        self.zone_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.zone_dir / f"{domain.rstrip('.').lower()}.conf"
-        conf.write_text("\n".join(dns.dnsmasq_lines(domain, records)) + "\n")
-
-    def _ensure_dnsmasq(self, state: dict, restart: bool) -> None:
-        rec = state["procs"].get("dnsmasq")
-        if rec and is_alive(rec["pid"], rec["start"]) and not restart:
-            return
-        if rec:
-            stop_process(rec)
-            del state["procs"]["dnsmasq"]
-        self.zone_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.state_dir / "dnsmasq.conf"
-        conf.write_text(dns.dnsmasq_conf(self.dns_ip, self.zone_dir))
-        argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-"]
-        state["procs"]["dnsmasq"] = spawn_daemon(argv, self.log_dir / "dnsmasq.log")
-        self.store.save(state)
-        self._wait_ready("dnsmasq", state, lambda: _dns_answers(self.dns_ip))
-
-    def _ensure_tinyproxy(self, state: dict) -> None:
-        rec = state["procs"].get("tinyproxy")
-        if rec and is_alive(rec["pid"], rec["start"]):
-            return
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / "tinyproxy.log"
-        log.touch()
-        shutil.chown(log, "tinyproxy")
-        conf = self.state_dir / "tinyproxy.conf"
-        conf.write_text(proxy.tinyproxy_conf(self.dns_ip, self.subnet, str(log)))
-        argv = ["tinyproxy", "-d", "-c", str(conf)]
-        state["procs"]["tinyproxy"] = spawn_daemon(argv, self.log_dir / "tinyproxy.out")
-        self.store.save(state)
-        self._wait_ready("tinyproxy", state, lambda: _tcp_open(self.dns_ip, proxy.PORT))
-
-    def _wait_ready(self, key: str, state: dict, probe, timeout: float = 10) -> None:
-        rec = state["procs"][key]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not is_alive(rec["pid"], rec["start"]):
-                break
-            if probe():
-                return
-            time.sleep(0.1)
-        tail = (self.log_dir / f"{key}.log").read_text(errors="replace").splitlines()[-5:]
-        raise LabError(f"{key} did not start on {self.dns_ip}: " + " | ".join(tail))
-
-    def _ensure_client_ns(self, state: dict) -> None:
-        host_if, ns_if = self.client_links
-        if self.netns not in state["netns"]:
-            state["netns"].append(self.netns)
-        if host_if not in state["links"]:
-            state["links"].append(host_if)
-        self.store.save(state)
-        net.ensure_client_netns(
-            self.netns, self.bridge, host_if, ns_if, f"{self.client_ip}/24", self.dns_ip
-        )
+            argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cmlab"]
+            run([*argv, "-f", str(self.ssh_key)])
 
     def _start_hosts(self, state: dict, wanted: list[host.LabHost], base: Path) -> list:
         settings = host.RootSettings(
             dns_ip=self.dns_ip,
             proxy_url=self.proxy_url,
-            subnet=self.subnet,
+            subnet=self.network.subnet,
             authorized_keys=self.ssh_key.with_suffix(".pub").read_text(),
         )
         started = []
         for h in wanted:
             rec = state["hosts"].get(h.name)
-            if rec and is_alive(rec["nspawn"]["pid"], rec["nspawn"]["start"]):
+            if rec and running(rec["nspawn"]):
                 continue
-            host_dir = self.hosts_dir / h.name
-            root, mounted = host.mount_root(base, host_dir)
+            root, mounted = host.mount_root(base, self.store.hosts_dir / h.name)
             rec = {"index": h.index, "root": str(root), "mount": str(root) if mounted else None}
             state["hosts"][h.name] = {**rec, "nspawn": {"pid": 0, "start": None, "argv": []}}
             self.store.save(state)
@@ -521,7 +384,7 @@ class Lab:
 
     def _write_ssh_files(self, state: dict) -> None:
         known, config = [], []
-        for rec in sorted(state["hosts"].values(), key=_index):
+        for rec in sorted(state["hosts"].values(), key=by_index):
             h = self._host(rec["index"])
             names = f"{h.domain},{h.name},{h.machine},{h.ip}"
             known += [f"{names} {key}" for key in host.host_public_keys(Path(rec["root"]))]
@@ -535,15 +398,33 @@ class Lab:
         self.known_hosts.write_text("".join(line + "\n" for line in known))
         self.ssh_config.write_text("\n".join(config))
 
+    # -- teardown ------------------------------------------------------------
+
+    def _stray_processes(self) -> list[tuple[int, str]]:
+        """Live processes whose root is a lab host, or lab daemons started from the lab's files."""
+        found = []
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                root = os.readlink(p / "root")
+                cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            lab_root = root.startswith(str(self.store.hosts_dir))
+            daemon = cmdline.startswith(DAEMONS) and str(self.store.dir) in cmdline
+            if (lab_root or daemon) and is_alive(int(p.name)):
+                found.append((int(p.name), cmdline))
+        return found
+
     def _stop_host(self, state: dict, name: str, rec: dict) -> None:
         # SIGTERM makes nspawn send SIGRTMIN+3 to the host's systemd: a clean poweroff.
         stop_process(rec["nspawn"], timeout=30)
         if rec.get("init"):
             stop_process(rec["init"])
-        host.remove_cgroups(self._host(rec["index"]).machine)
+        host.remove_cgroups(host.make_host(rec["index"], self.prefix).machine)
         if rec.get("mount") and host.is_mountpoint(Path(rec["mount"])):
-            if run(["umount", rec["mount"]], check=False).returncode != 0:
-                run(["umount", "--lazy", rec["mount"]])
+            _unmount(rec["mount"])
         for link in rec.get("links", []):
             net.delete_link(link)
         del state["hosts"][name]
@@ -566,12 +447,9 @@ class Lab:
                 stop_process(rec, timeout=30)
 
     def _unmount_strays(self) -> None:
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f]
-        for m in reversed(mounts):
-            if m.startswith(f"{self.hosts_dir}/"):
-                if run(["umount", m], check=False).returncode != 0:
-                    run(["umount", "--lazy", m])
+        for m in reversed(_mounts()):
+            if m.startswith(f"{self.store.hosts_dir}/"):
+                _unmount(m)
 
     def _remove_stray_cgroups(self) -> None:
         for top in host.cgroup_dirs("any"):
@@ -593,29 +471,6 @@ class Lab:
             net.NETNS_ETC.rmdir()
 
 
-def _index(rec: dict) -> int:
-    return rec["index"]
-
-
-def _tcp_open(ip: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((ip, port), timeout=0.5):
-        return True
-    return False
-
-
-def _dns_answers(ip: str) -> bool:
-    from dns import resolver as dnsresolver
-
-    resolver = dnsresolver.Resolver(configure=False)
-    resolver.nameservers = [ip]
-    resolver.lifetime = 0.5
-    try:
-        resolver.resolve(NS_NAME, "A")
-    except Exception:
-        return False
-    return True
-
-
 def check_prerequisites(state_dir: Path) -> None:
     """Raise LabError naming what is missing for the lab on this machine."""
     if os.geteuid() != 0:
@@ -635,3 +490,15 @@ def check_prerequisites(state_dir: Path) -> None:
         raise LabError(
             f"only {free // 2**20} MiB free in {state_dir}; the lab needs at least 2 GiB there"
         )
+
+
+def _mounts() -> list[str]:
+    """Mount points on this machine, in mount order."""
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f]
+
+
+def _unmount(path: str) -> None:
+    # A busy mount (a process still in it) goes lazily: it is detached now and freed later.
+    if run(["umount", path], check=False).returncode != 0:
+        run(["umount", "--lazy", path])
