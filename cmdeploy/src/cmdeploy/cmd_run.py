@@ -44,6 +44,8 @@ def port_conflicts(remote: Remote, config: Config) -> list[str]:
     for port in (config.postfix_reinject_port, config.postfix_reinject_port_incoming,
                  config.postfix_reinject_port_local):  # fmt: skip
         wanted[port] = POSTFIX
+    # ss shows the kernel's process name, cut to 15 characters.
+    wanted[config.mxdeliv_transport_port] = {"chatmail-mxtransport"[:15]}
     out = remote.run("ss -Hltnp", check=False).stdout
     problems = set()
     for line in out.splitlines():
