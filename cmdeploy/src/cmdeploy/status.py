@@ -94,9 +94,9 @@ def components(config) -> list[Component]:
             tcp(f"http {config.filtermail_http_port_incoming}", "http",
                 config.filtermail_http_port_incoming, url="/mxdeliv"),
         )),
-        # Its LMTP greeting: Postfix's default_transport answers.
+        # Its LMTP greeting and LHLO reply: Postfix's default_transport answers.
         Component("chatmail-mxtransport", "chatmail-mxtransport", (
-            tcp(f"lmtp {config.mxdeliv_transport_port}", "smtp", config.mxdeliv_transport_port),
+            tcp(f"lmtp {config.mxdeliv_transport_port}", "lmtp", config.mxdeliv_transport_port),
         )),
         # It only relays Dovecot's auth protocol: accepting a connection is its answer.
         Component("chatmail-saslproxy", "chatmail-saslproxy",

@@ -12,7 +12,7 @@ checks; one line per result goes to stdout, tab separated:
     version  <the deployed chatmail version>
 
 A check is "ok" when the service gives the first answer of its protocol: an SMTP 220
-greeting, an IMAP ``* OK``, an HTTP status line below 500, a DNS reply, a dict reply, a
+greeting, an LMTP 220 greeting and 250 to LHLO, an IMAP ``* OK``, an HTTP status line below 500, a DNS reply, a dict reply, a
 milter option negotiation, a FastCGI response, a STUN binding response.
 """
 
@@ -69,6 +69,30 @@ def probe_smtp(check: dict) -> tuple[bool, str]:
         line = _first_line(sock)
         sock.sendall(b"QUIT\r\n")
     return line.startswith("220"), line or "no greeting"
+
+
+def _reply_complete(data: bytes) -> bool:
+    """A whole SMTP/LMTP reply: its last line has a space after the code (RFC 5321 §4.2.1)."""
+    lines = data.split(b"\r\n")
+    return data.endswith(b"\r\n") and len(lines) >= 2 and lines[-2][3:4] != b"-"
+
+
+def probe_lmtp(check: dict) -> tuple[bool, str]:
+    """Greeting, then LHLO (RFC 2033 §4.1): the server reads and answers a command."""
+    with _connect(check) as sock:
+        greeting = _first_line(sock)
+        if not greeting.startswith("220"):
+            return False, greeting or "no greeting"
+        sock.sendall(b"LHLO status.probe\r\n")
+        data = b""
+        while not _reply_complete(data) and len(data) < 65536:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        sock.sendall(b"QUIT\r\n")
+    last = data.decode("utf-8", "replace").strip().rpartition("\n")[2].strip()
+    return last.startswith("250 "), f"LHLO: {last or 'no reply'}"
 
 
 def probe_imap(check: dict) -> tuple[bool, str]:
@@ -227,6 +251,7 @@ def probe_connect(check: dict) -> tuple[bool, str]:
 PROBES = {
     "connect": probe_connect,
     "smtp": probe_smtp,
+    "lmtp": probe_lmtp,
     "imap": probe_imap,
     "http": probe_http,
     "dns": probe_dns,
