@@ -18,19 +18,37 @@ from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
+from cmdeploy import relaypaths
+
 
 class DeployError(Exception):
     """The deploy cannot go on; the message says what to fix."""
 
 
+STAGES = ("install", "configure", "activate")
+
+
 @dataclass(frozen=True)
 class DeployOptions:
-    """How this run was asked for (``cmdeploy run`` flags)."""
+    """What ``cmdeploy run`` asked for and prepared on this machine. pyinfra_deploy.py fills
+    it from the CHATMAIL_* environment (the only module that reads it); the defaults are
+    those of a test that renders templates."""
 
     disable_mail: bool = False
     website_only: bool = False
-    # The machine is a container: kernel settings are the host's business.
-    container: bool = False
+    # The chatmaild wheel and its pip constraints, built by ``cmdeploy run``.
+    wheel: Path | None = None
+    constraints: Path | None = None
+    # Written to /etc/chatmail-version.
+    version: str = "unknown"
+    # The stages to run, in STAGES order.
+    stages: tuple[str, ...] = STAGES
+    # Dovecot as dovecot.build.prepare decided: the patched version ("" = Debian's stock
+    # packages), the folder of its .debs on this machine, or pending = a dry run before
+    # the build.
+    dovecot_version: str = ""
+    dovecot_debs: Path | None = None
+    dovecot_pending: bool = False
 
 
 class Deployer:
@@ -65,12 +83,15 @@ class Deployer:
     # Helpers for subclasses.
 
     def render(self, template: str, **extra) -> str:
+        """``template`` of this component with ``config``, ``paths`` (relaypaths) and ``extra``."""
         env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(self.templates)),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
         )
-        return env.get_template(template).render(config=self.config, **extra)
+        return env.get_template(template).render(
+            {"config": self.config, "paths": relaypaths, **extra}
+        )
 
     def put_template(self, template: str, dest: str, mode: str = "644", user="root", group="root",
                      **extra):  # fmt: skip

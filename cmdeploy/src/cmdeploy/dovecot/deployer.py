@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from importlib.resources import files as package_files
 from pathlib import Path
 
@@ -12,7 +11,6 @@ from pyinfra.operations import apt, files, server
 
 from cmdeploy.deployer_base import Deployer, DeployError, as_file
 from cmdeploy.dovecot import build
-from cmdeploy.services.deployer import VENV
 
 SIEVE_DIR = "/etc/dovecot/chatmail"
 DEDUP_SCRIPT = f"{SIEVE_DIR}/dedup.sieve"
@@ -43,7 +41,7 @@ class DovecotDeployer(Deployer):
 
     def install(self) -> None:
         # ``cmdeploy run`` decided (and built, if needed) before pyinfra: see build.prepare.
-        version = os.environ.get("CHATMAIL_DOVECOT_VERSION", "")
+        version = self.options.dovecot_version
         if version:
             self._install_patched(build.check_version(version))
         else:
@@ -55,17 +53,17 @@ class DovecotDeployer(Deployer):
         installed = installed_versions()
         if all(installed.get(p) == version for p in build.PACKAGES):
             return
-        if os.environ.get("CHATMAIL_DOVECOT_PENDING"):
+        if self.options.dovecot_pending:
             return  # a dry run: the build comes first
-        local = os.environ.get("CHATMAIL_DOVECOT_DEBS", "")
+        local = self.options.dovecot_debs
         if not local:
             raise DeployError(f"no .debs of Dovecot {version} on this machine; run again")
-        arch = Path(local).parent.name
+        arch = local.parent.name
         folder = f"{build.RELAY_DEBS}/{build.folder_name(version)}"
         files.directory(name=f"dovecot: {folder}", path=folder)
         debs = [build.deb_name(p, version, arch) for p in build.PACKAGES]
         for name in debs:
-            files.put(name=f"dovecot: upload {name}", src=str(Path(local) / name),
+            files.put(name=f"dovecot: upload {name}", src=str(local / name),
                       dest=f"{folder}/{name}")  # fmt: skip
         self.track(server.shell(
             name=f"dovecot: install {version}",
@@ -92,7 +90,7 @@ class DovecotDeployer(Deployer):
         self.track(apt.packages(name="dovecot: packages", packages=list(build.PACKAGES)))
 
     def configure(self) -> None:
-        self.put_template("dovecot.conf.j2", "/etc/dovecot/dovecot.conf", venv=VENV)
+        self.put_template("dovecot.conf.j2", "/etc/dovecot/dovecot.conf")
         self.put_template("auth.conf.j2", "/etc/dovecot/auth.conf", mode="640", group="dovecot")
         lua = package_files("chatmaild").joinpath("push_notification.lua").read_text()
         self.put_text(lua, "/etc/dovecot/push_notification.lua")

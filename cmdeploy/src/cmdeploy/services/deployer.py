@@ -4,30 +4,31 @@ systemd units for each service, timers for expiry and metrics, and the ``/new`` 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from pyinfra import host
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
-from cmdeploy.deployer_base import Deployer
+from cmdeploy.deployer_base import Deployer, DeployError
+from cmdeploy.relaypaths import (
+    DIST,
+    DOVEAUTH_SOCKET,
+    DOVECOT_SASL_SOCKET,
+    INI,
+    LASTLOGIN_SOCKET,
+    METADATA_SOCKET,
+    SASL_DIR,
+    SASL_SOCKET,
+    VENV,
+)
 
-BASE = "/usr/local/lib/chatmaild"
-VENV = f"{BASE}/venv"
-INI = f"{BASE}/chatmail.ini"
-
-# Inside Postfix's chroot, where smtpd (user postfix) reaches it; the directory belongs to
-# vmail with group postfix (setgid), so the socket does too.
-SASL_DIR = "/var/spool/postfix/chatmail-sasl"
-SASL_SOCKET = f"{SASL_DIR}/auth"
-
-# The dict services Dovecot asks (dovecot/*.j2 name these paths): each socket belongs to a
-# socket unit, which keeps listening while its service restarts or is stopped.
+# Each dict service's socket belongs to a socket unit, which keeps listening while its
+# service restarts or is stopped.
 SOCKETS = {
-    "doveauth": "/run/doveauth/doveauth.socket",
-    "lastlogin": "/run/chatmail-lastlogin/lastlogin.socket",
-    "chatmail-metadata": "/run/chatmail-metadata/metadata.socket",
+    "doveauth": DOVEAUTH_SOCKET,
+    "lastlogin": LASTLOGIN_SOCKET,
+    "chatmail-metadata": METADATA_SOCKET,
 }
 
 # name -> (ExecStart arguments after the console script, socket runtime dir or None)
@@ -40,7 +41,7 @@ DAEMONS = {
     # Postfix's default_transport (postfix/main.cf.j2): remote mail over HTTPS or SMTP.
     "chatmail-mxtransport": ("chatmail-mxtransport {ini}", None),
     # Postfix's SASL path (postfix/master.cf.j2) -> Dovecot's auth (dovecot/dovecot.conf.j2).
-    "chatmail-saslproxy": (f"chatmail-saslproxy {SASL_SOCKET} /run/dovecot/chatmail-sasl", None),
+    "chatmail-saslproxy": (f"chatmail-saslproxy {SASL_SOCKET} {DOVECOT_SASL_SOCKET}", None),
 }  # fmt: skip
 TIMERS = {
     "chatmail-expire": ("chatmail-expire {ini} --remove", "*-*-* 00:02:00"),
@@ -96,26 +97,26 @@ class ServicesDeployer(Deployer):
         apt.packages(name="chatmaild: packages", packages=["python3-venv", "fcgiwrap"])
 
     def configure(self) -> None:
-        wheel = Path(os.environ["CHATMAIL_WHEEL"])
-        files.directory(name="chatmaild: dist dir", path=f"{BASE}/dist")
-        upload = files.put(
-            name="chatmaild: wheel", src=str(wheel), dest=f"{BASE}/dist/{wheel.name}"
-        )
-        self.track(upload, f"{BASE}/dist/{wheel.name}")
-        constraints = _read(os.environ["CHATMAIL_CONSTRAINTS"])
-        self.put_text(constraints, f"{BASE}/dist/constraints.txt")
+        wheel, constraints_file = self.options.wheel, self.options.constraints
+        if wheel is None or constraints_file is None:
+            raise DeployError("no chatmaild wheel to install: deploy with 'cmdeploy run'")
+        files.directory(name="chatmaild: dist dir", path=DIST)
+        upload = files.put(name="chatmaild: wheel", src=str(wheel), dest=f"{DIST}/{wheel.name}")
+        self.track(upload, f"{DIST}/{wheel.name}")
+        constraints = _read(constraints_file)
+        self.put_text(constraints, f"{DIST}/constraints.txt")
         # What is installed is recorded beside the venv: an upload whose install failed
         # (or was interrupted) is installed by the next run.
         wanted = hashlib.sha256(wheel.read_bytes() + constraints.encode()).hexdigest()
         marker = f"{VENV}/.chatmaild-installed"
         if host.get_fact(Command, f"cat {marker} 2>/dev/null || true") != wanted:
-            pip = f"{VENV}/bin/pip install -q --disable-pip-version-check -c {BASE}/dist/constraints.txt"
+            pip = f"{VENV}/bin/pip install -q --disable-pip-version-check -c {DIST}/constraints.txt"
             self.track(server.shell(
                 name="chatmaild: install into venv",
                 commands=[
                     f"[ -x {VENV}/bin/python ] || python3 -m venv --copies {VENV}",
-                    f"{pip} --force-reinstall --no-deps {BASE}/dist/{wheel.name}",
-                    f"{pip} {BASE}/dist/{wheel.name}",
+                    f"{pip} --force-reinstall --no-deps {DIST}/{wheel.name}",
+                    f"{pip} {DIST}/{wheel.name}",
                     f"echo {wanted} > {marker}",
                 ],
             ), marker)  # fmt: skip
@@ -141,6 +142,8 @@ class ServicesDeployer(Deployer):
         files.directory(name="chatmaild: metrics dir", path="/var/lib/chatmail-metrics",
                         user="vmail", group="vmail", mode="755")  # fmt: skip
         files.directory(name="chatmaild: cgi-bin", path="/usr/lib/cgi-bin")
+        # In Postfix's chroot, where smtpd (user postfix) reaches it; vmail's with group
+        # postfix (setgid), so the proxy's socket is too.
         files.directory(name="chatmaild: saslproxy dir", path=SASL_DIR, user="vmail",
                         group="postfix", mode="2750")  # fmt: skip
         self.put_text(f"#!{VENV}/bin/python3\nfrom chatmaild.newemail import main\n\nmain()\n",
@@ -178,24 +181,3 @@ class ServicesDeployer(Deployer):
 
 def _read(path) -> str:
     return Path(path).read_text()
-
-
-class EchobotDeployer(Deployer):
-    """echo@<domain>: started after Postfix and Dovecot, which it logs in to."""
-
-    name = "echobot"
-    templates = Path(__file__).parent
-
-    def install(self) -> None:
-        server.user(name="echobot: user", user="echobot", system=True,
-                    home="/var/lib/echobot", shell="/usr/sbin/nologin")  # fmt: skip
-
-    def configure(self) -> None:
-        self.put_template("echobot.service.j2", "/etc/systemd/system/echobot.service",
-                          venv=VENV, ini=INI, **unit_limits("echobot", self.config))  # fmt: skip
-
-    def activate(self) -> None:
-        if self.options.disable_mail:
-            self.stop_and_disable("echobot")
-            return
-        self.check_then_restart("echobot")

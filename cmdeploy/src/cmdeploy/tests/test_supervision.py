@@ -21,6 +21,7 @@ from chatmaild.config import parse_config, render_initial_config
 from cmdeploy import status, status_probe
 from cmdeploy.deployer_base import DeployOptions
 from cmdeploy.dovecot.deployer import DovecotDeployer
+from cmdeploy.echobot.deployer import EchobotDeployer
 from cmdeploy.mtail.deployer import MtailDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
 from cmdeploy.opendkim.deployer import OpenDKIMDeployer
@@ -82,8 +83,8 @@ def test_chatmaild_daemons_are_notify_units_that_restart_within_a_second():
 
 def test_echobot_restarts_within_two_seconds():
     config = config_with()
-    text = ServicesDeployer(config, DeployOptions()).render(
-        "echobot.service.j2", venv="/v", ini="/x.ini", **unit_limits("echobot", config)
+    text = EchobotDeployer(config, DeployOptions()).render(
+        "echobot.service.j2", **unit_limits("echobot", config)
     )
     assert_restarts_quickly(text)
 

@@ -7,8 +7,10 @@ import pytest
 from chatmaild.config import parse_config, render_initial_config
 from chatmaild.filtermail.mxdeliv import body_limit
 
+from cmdeploy import relaypaths
 from cmdeploy.deployer_base import DeployOptions
 from cmdeploy.dovecot.deployer import DovecotDeployer
+from cmdeploy.echobot.deployer import EchobotDeployer
 from cmdeploy.nginx.deployer import NginxDeployer
 from cmdeploy.opendkim.deployer import OpenDKIMDeployer
 from cmdeploy.postfix.deployer import MAPS, PostfixDeployer
@@ -44,7 +46,7 @@ def doveconf_n(config, tmp_path) -> subprocess.CompletedProcess:
     """``doveconf -n`` of the rendered dovecot.conf and auth.conf (no certificate read)."""
     need("doveconf")
     d = DovecotDeployer(config, DeployOptions())
-    text = d.render("dovecot.conf.j2", venv="/usr/local/lib/chatmaild/venv")
+    text = d.render("dovecot.conf.j2")
     (tmp_path / "auth.conf").write_text(d.render("auth.conf.j2"))
     conf = tmp_path / "dovecot.conf"
     conf.write_text(text.replace("/etc/dovecot/auth.conf", str(tmp_path / "auth.conf")))
@@ -181,11 +183,14 @@ def test_units_have_memory_and_task_caps(cert, tmp_path):
         text = d.render("oneshot.service.j2", description=name, exec_start="/bin/true",
                         **unit_limits(name, config))  # fmt: skip
         units.append((name, text))
-    units.append(("echobot", d.render("echobot.service.j2", venv="/usr", ini="/x.ini",
-                                      **unit_limits("echobot", config))))  # fmt: skip
+    echobot = EchobotDeployer(config, DeployOptions())
+    units.append(
+        ("echobot", echobot.render("echobot.service.j2", **unit_limits("echobot", config)))
+    )
     for name, text in units:
         assert "MemoryMax=" in text and "TasksMax=" in text, name
-        (tmp_path / f"{name}.service").write_text(text.replace("/usr/bin/echobot", "/bin/true"))
+        text = text.replace(f"{relaypaths.VENV}/bin/echobot", "/bin/true")
+        (tmp_path / f"{name}.service").write_text(text)
     out = subprocess.run(["systemd-analyze", "verify", *sorted(tmp_path.glob("*.service")),
                           *sorted(tmp_path.glob("*.socket"))],
                          capture_output=True, text=True)  # fmt: skip
