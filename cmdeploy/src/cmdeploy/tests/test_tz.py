@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cmdeploy.deployer_base import DeployOptions
+from cmdeploy.echobot.deployer import EchobotDeployer
 from cmdeploy.postfix.deployer import PostfixDeployer
 from cmdeploy.services.deployer import DAEMONS, TIMERS, TZ_LINE, ServicesDeployer, unit_limits
 from cmdeploy.tests.test_supervision import config_with, effective
@@ -30,7 +31,7 @@ def test_chatmaild_units_set_tz(name):
     elif name in TIMERS:
         text = d.render("oneshot.service.j2", description=name, exec_start="/bin/true", **limits)
     else:
-        text = d.render("echobot.service.j2", venv="/v", ini="/x.ini", **limits)
+        text = EchobotDeployer(config, DeployOptions()).render("echobot.service.j2", **limits)
     assert_tz(text)
 
 
