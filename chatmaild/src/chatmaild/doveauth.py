@@ -9,6 +9,10 @@ when the creation rules allow it, at most ``max_new_accounts_per_ip_burst`` at o
 account (too long, control characters, another domain) are answered "not found" without
 touching the filesystem. All state is the account's ``password`` file.
 
+The login that creates an account is answered with its password in ``{PLAIN}`` (printable
+ASCII passwords only), so that Dovecot compares strings instead of running SHA512-CRYPT on the
+hash just made: that second hash was a quarter of the CPU of a new-account login.
+
 Lookups of existing accounts are answered from a cache of the stored hashes, on the event
 loop without a worker thread (:meth:`AuthDict.lookup_nowait`). An entry is used only while a
 ``stat`` of the password file shows the very file it was read from (inode, size, mtime and
@@ -25,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -44,6 +49,11 @@ log = logging.getLogger("doveauth")
 # after the address and must fit one file name (255 bytes on ext4).
 MAX_LOCALPART = 64
 MAX_ADDRESS = 254
+
+# Passwords a new account's own login is answered with in PLAIN (see passdb_lookup):
+# printable ASCII, which JSON, the dict protocol and Dovecot carry unchanged; any other
+# password gets the stored hash, as every later login does.
+_PLAIN_SAFE = re.compile(r"[\x20-\x7e]+")
 
 # Existing accounts whose answers are cached (about 1 KB each): the busiest ones of a relay
 # with many more accounts; the others take the slow path, which is just as correct.
@@ -285,9 +295,17 @@ class AuthDict(DictHandler):
             return None
         stored = self._stored_hash(user)
         if stored is None:
-            stored = self.create_account(user, password, rip)
-            if stored is None:
+            created = self._create(user, password, rip)
+            if created is None:
                 return None
+            stored, by_this_login = created
+            if by_this_login and _PLAIN_SAFE.fullmatch(password):
+                # The account was just made with exactly this password, so Dovecot's
+                # comparison with PLAIN has the outcome a check of the new hash would
+                # have, without a second SHA512-CRYPT (about a quarter of the CPU of a
+                # new-account login). Only this reply carries it; every later lookup and
+                # the loser of a concurrent first login get the stored hash.
+                return json.dumps({"password": "{PLAIN}" + password})
         # Dovecot compares the password with the hash; we never do it here.
         return json.dumps({"password": stored})
 
@@ -316,7 +334,15 @@ class AuthDict(DictHandler):
         return None
 
     def create_account(self, user: User, password: str, rip: str = "") -> str | None:
-        """Store a hash for a new account; the first of concurrent creations wins."""
+        """Store a hash for a new account; the first of concurrent creations wins.
+
+        Returns the account's stored hash (the winner's), or None if it may not be created.
+        """
+        created = self._create(user, password, rip)
+        return None if created is None else created[0]
+
+    def _create(self, user: User, password: str, rip: str) -> tuple[str, bool] | None:
+        """(stored hash, whether this call stored it), or None if refused."""
         reason = self.refusal(user, password)
         if reason:
             log.warning("not creating %s: %s", user.addr, reason)
@@ -331,7 +357,7 @@ class AuthDict(DictHandler):
         with self._locks[hash(user.addr) % len(self._locks)]:
             stored = user.get_password_hash()
             if stored is not None:
-                return stored
+                return stored, False
             # Counted here, where the account is really made: concurrent first logins of
             # one address and logins of existing accounts use up nothing.
             bucket = client_bucket(rip)
@@ -356,7 +382,7 @@ class AuthDict(DictHandler):
             except OSError:
                 pass  # not cached: the next lookup reads the file
         print(f"Created address: {user.addr}", file=sys.stderr, flush=True)
-        return new_hash
+        return new_hash, True
 
     def iterate(self, path: str, user: str | None) -> Iterable[tuple[str, str]]:
         if path != "shared/userdb/":

@@ -46,11 +46,22 @@ def passdb(auth, addr, password):
     return None if reply is None else json.loads(reply)["password"]
 
 
+def dovecot_accepts(reply_password: str, password: str) -> bool:
+    """Dovecot's check of a client's password against a passdb reply's password field."""
+    if reply_password.startswith("{PLAIN}"):
+        return reply_password[len("{PLAIN}") :] == password
+    return verify_password(password, reply_password)
+
+
 def test_first_login_creates_the_account(auth):
-    stored = passdb(auth, f"abcdefghi@{DOMAIN}", "password123")
-    assert verify_password("password123", stored)
+    reply = passdb(auth, f"abcdefghi@{DOMAIN}", "password123")
     user = auth.config.get_user(f"abcdefghi@{DOMAIN}")
-    assert user.password_path.read_text() == stored
+    stored = user.password_path.read_text()
+    assert verify_password("password123", stored)
+    # The login that created the account is answered in PLAIN (no second SHA512-CRYPT
+    # in Dovecot); what is stored is the hash.
+    assert reply == "{PLAIN}password123"
+    assert passdb(auth, user.addr, "password123") == stored
     assert user.enforce_e2ee_path.exists()
     assert json.loads(auth.lookup(f"shared/userdb/abcdefghi@{DOMAIN}", None)) == {
         "home": str(user.maildir)
@@ -63,10 +74,22 @@ def test_created_address_is_logged_for_metrics(auth, capfd):
 
 
 def test_existing_account_returns_stored_hash_whatever_the_password(auth):
+    passdb(auth, f"abcdefghi@{DOMAIN}", "password123")
     first = passdb(auth, f"abcdefghi@{DOMAIN}", "password123")
     again = passdb(auth, f"abcdefghi@{DOMAIN}", "another-password")
     assert again == first
-    assert not verify_password("another-password", again)
+    assert verify_password("password123", again)
+    assert not dovecot_accepts(again, "another-password")
+
+
+@pytest.mark.parametrize("password", ["pässwörd-123", "tab\tin-password", "nul\x00-password"])
+def test_non_ascii_or_control_password_is_answered_with_the_hash(auth, password):
+    reply = passdb(auth, f"abcdefghi@{DOMAIN}", password)
+    if password == "nul\x00-password":
+        assert reply is None  # crypt(3) cannot take it: no account
+        return
+    assert reply == auth.config.get_user(f"abcdefghi@{DOMAIN}").password_path.read_text()
+    assert verify_password(password, reply)
 
 
 def test_unknown_user_is_not_found_in_userdb(auth):
@@ -75,8 +98,9 @@ def test_unknown_user_is_not_found_in_userdb(auth):
 
 def test_password_with_quotes_and_backslashes_is_unescaped(auth):
     password = 'a\\b"c\'d/e"f\\'
-    stored = passdb(auth, f"abcdefghi@{DOMAIN}", password)
-    assert verify_password(password, stored)
+    reply = passdb(auth, f"abcdefghi@{DOMAIN}", password)
+    assert reply == "{PLAIN}" + password
+    assert verify_password(password, passdb(auth, f"abcdefghi@{DOMAIN}", "x"))
 
 
 def test_split_escaped():
@@ -168,8 +192,8 @@ def test_damaged_password_file_counts_as_missing_and_is_replaced(auth, damaged):
     user.maildir.mkdir(parents=True)
     user.password_path.write_text(damaged)
     assert auth.lookup(f"shared/userdb/{user.addr}", None) is None
-    stored = passdb(auth, user.addr, "password123")
-    assert verify_password("password123", stored)
+    assert passdb(auth, user.addr, "password123") == "{PLAIN}password123"
+    assert verify_password("password123", user.password_path.read_text())
 
 
 def test_concurrent_first_logins_store_one_hash(auth):
@@ -186,12 +210,14 @@ def test_concurrent_first_logins_store_one_hash(auth):
         t.start()
     for t in threads:
         t.join()
-    hashes = {h for _, h in results}
-    assert len(hashes) == 1
     stored = auth.config.get_user(addr).password_path.read_text()
-    assert hashes == {stored}
     winners = [i for i, _ in results if verify_password(f"password-{i:03d}", stored)]
     assert len(winners) == 1
+    # The winner's own login is answered in PLAIN, every other one with the winner's hash,
+    # so Dovecot lets in the winner only.
+    for i, reply in results:
+        assert (reply == f"{{PLAIN}}password-{i:03d}") if i == winners[0] else (reply == stored)
+    assert [i for i, reply in results if dovecot_accepts(reply, f"password-{i:03d}")] == winners
 
 
 def test_iterate_lists_accounts_only(auth):

@@ -31,8 +31,14 @@ def nowait_hash(auth, password: str = "whatever-password", addr: str = ADDR):
     return reply if reply is NOT_CACHED else json.loads(reply)["password"]
 
 
+def create(auth, password: str = "password123") -> str:
+    """Create ADDR with ``password`` (its first login); returns the stored hash."""
+    assert json.loads(auth.lookup(passdb_key(password), ADDR))["password"] == "{PLAIN}" + password
+    return auth.config.get_user(ADDR).password_path.read_text()
+
+
 def test_existing_account_is_answered_without_the_slow_path(auth):
-    stored = json.loads(auth.lookup(passdb_key("password123"), ADDR))["password"]
+    stored = create(auth)
     # Whatever password the client tries: Dovecot compares it with the stored hash.
     assert nowait_hash(auth, "another-password") == stored
     user = auth.config.get_user(ADDR)
@@ -55,7 +61,7 @@ def test_expired_account_is_created_again_with_the_new_password(auth):
     assert nowait_hash(auth) is NOT_CACHED
     assert auth.lookup_nowait(f"shared/userdb/{ADDR}", None) is NOT_CACHED
     assert auth.lookup(f"shared/userdb/{ADDR}", None) is None
-    stored = json.loads(auth.lookup(passdb_key("new-password-456"), ADDR))["password"]
+    stored = create(auth, "new-password-456")
     assert verify_password("new-password-456", stored)
     assert nowait_hash(auth) == stored
 
@@ -72,7 +78,7 @@ def test_replaced_password_file_is_read_again(auth):
 
 def test_touched_password_file_still_answers_its_hash(auth):
     # lastlogin sets the file's mtime to the day of the last login.
-    stored = json.loads(auth.lookup(passdb_key("password123"), ADDR))["password"]
+    stored = create(auth)
     os.utime(auth.config.get_user(ADDR).password_path, (86400 * 20000, 86400 * 20000))
     assert nowait_hash(auth) is NOT_CACHED
     assert json.loads(auth.lookup(passdb_key("x"), ADDR))["password"] == stored
@@ -103,9 +109,11 @@ def test_cache_keeps_at_most_its_size(tmp_path):
 
 def test_existing_account_over_the_socket_matches_the_slow_path(tmp_path, auth):
     server = DictProxyServer(auth, tmp_path / "s")
+    create(auth)
     # The slow path's replies, then the cached ones: the same bytes.
+    auth.cache.discard(ADDR)
     first = server._reply_lookup(passdb_key("password123"), ADDR)
-    assert first.startswith("O")
+    assert first.startswith("O{")
     assert server._reply_lookup_nowait(passdb_key("password123"), ADDR) == first
     assert server._reply_lookup_nowait(f"shared/userdb/{ADDR}", None) == server._reply_lookup(
         f"shared/userdb/{ADDR}", None

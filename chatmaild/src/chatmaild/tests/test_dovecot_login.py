@@ -70,6 +70,17 @@ def test_first_login_creates_account_and_password_is_then_required(dovecot):
     assert verify_password("password123", stored_hash(dovecot, addr))
 
 
+def test_first_login_with_special_characters_is_compared_exactly(dovecot):
+    # The creating login is answered with the password in PLAIN: Dovecot must compare
+    # exactly what was stored, escapes and a scheme-like prefix included.
+    addr, password = new_addr(), "{SHA512-CRYPT}a\\b\"c'd %w$6$"
+    assert login(dovecot, addr, password)
+    assert verify_password(password, stored_hash(dovecot, addr))
+    assert login(dovecot, addr, password)
+    assert not login(dovecot, addr, password[:-1])
+    assert not login(dovecot, addr, password[len("{SHA512-CRYPT}") :])
+
+
 def test_two_accounts_may_share_a_password(dovecot):
     a, b = new_addr(), new_addr()
     assert login(dovecot, a, "same-password")
