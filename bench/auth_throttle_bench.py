@@ -1,7 +1,7 @@
 """How fast a password guesser from one IP gets answers, with and without Dovecot's penalty.
 
 Run: ``venv/bin/python bench/auth_throttle_bench.py [--attempts N]``.
-Starts Debian's Dovecot with doveauth on loopback (chatmaild.tests.dovecot_instance) once
+Starts Debian's Dovecot with doveauth on loopback (chatmaild.testkit.dovecot_instance) once
 as the relay was before (auth penalty off) and once as it is now (penalty on), both with the
 relay's ``auth_failure_delay = 2s``. Clients claim their IP through the PROXY protocol
 listener, as clients on port 443 do on the relay. Figures, not pass/fail.
@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
 
 GUESSER = "203.0.113.66"
 PASSWORD = "password123"

@@ -3,7 +3,7 @@
 Run: ``venv/bin/python bench/doveauth_bench.py [--logins N] [--concurrency C] [--dict-only]``.
 The raw lookups run twice: with doveauth's cache of existing accounts disabled (as before
 it) and as deployed.
-Starts its own doveauth and Debian Dovecot on loopback (see chatmaild.tests.dovecot_instance),
+Starts its own doveauth and Debian Dovecot on loopback (see chatmaild.testkit.dovecot_instance),
 prints a table and stops everything it started. Figures, not pass/fail.
 """
 
@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from chatmaild.config import render_initial_config
-from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance, wait_for
+from chatmaild.testkit.config import write_ini
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.waiting import wait_until
 
 
 def new_addr() -> str:
@@ -65,14 +66,7 @@ def bench_raw_doveauth(n: int, connections: int, cached: bool = True) -> list[tu
     tag = "" if cached else " (no cache)"
     with tempfile.TemporaryDirectory(prefix="chatmail-bench-") as tmp:
         d = Path(tmp)
-        (d / "mail").mkdir()
-        ini = d / "chatmail.ini"
-        settings = {
-            "mailboxes_dir": d / "mail",
-            "nocreate_file": d / "nocreate",
-            "max_load_1m": 1000,
-        }
-        ini.write_text(render_initial_config(DOMAIN, settings))
+        ini = write_ini(d, DOMAIN)
         sock = d / "doveauth.socket"
         run = ["-m", "chatmaild.doveauth"] if cached else ["-c", UNCACHED]
         proc = subprocess.Popen(
@@ -80,7 +74,7 @@ def bench_raw_doveauth(n: int, connections: int, cached: bool = True) -> list[tu
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_for(sock.exists, "doveauth socket", proc=proc)
+            wait_until(sock.exists, "doveauth socket", 15, proc=proc)
             addrs = [new_addr() for _ in range(n)]
             # Each from its own client IP, as Dovecot sends it: the per-IP creation limit
             # is checked (and allows) every one of them.

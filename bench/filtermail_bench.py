@@ -26,8 +26,8 @@ import smtpsink  # bench/ is on sys.path when a bench script runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chatmaild" / "src"))
 
-from chatmaild.tests.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime  # noqa: E402
-from chatmaild.tests.procs import free_port  # noqa: E402
+from chatmaild.testkit.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime  # noqa: E402
+from chatmaild.testkit.procs import free_port  # noqa: E402
 
 # --- sink: just enough SMTP to swallow messages quickly --------------------------------
 

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from chatmaild.tests import mailgen
+from chatmaild.testkit import mailgen
 
 # Phases of an attempt; a failure in "end-of-data" may still have been accepted (the
 # reply was lost), so a retry after it can deliver the message twice (RFC 5321 §6.1).

@@ -11,14 +11,11 @@ from chatmaild.config import (
     read_config,
     render_initial_config,
 )
-
-
-def make(**overrides):
-    return parse_config(render_initial_config("chat.example.org", overrides))
+from chatmaild.testkit.config import init_config
 
 
 def test_defaults_of_a_fresh_ini():
-    config = make()
+    config = init_config()
     assert config.mail_domain == "chat.example.org"
     assert config.max_user_send_per_minute == 60
     assert config.max_user_send_burst_size == 10
@@ -53,7 +50,7 @@ def test_every_key_is_documented_in_the_template():
 
 
 def test_values_are_parsed_into_types():
-    config = make(
+    config = init_config(
         max_mailbox_size="1G",
         disable_ipv6="True",
         max_load_1m="2.5",
@@ -67,8 +64,11 @@ def test_values_are_parsed_into_types():
     assert config.tls_cert_mode == "external"
     assert config.tls_cert_path == Path("/etc/c.pem")
     assert config.tls_key_path == Path("/etc/k.pem")
-    assert make(rate_limit_exempt="A@X.org b@y.org").rate_limit_exempt == {"a@x.org", "b@y.org"}
-    assert make(dns_forward_zones="lab@10.77.0.1 test.@::1").dns_forward_zones == (
+    assert init_config(rate_limit_exempt="A@X.org b@y.org").rate_limit_exempt == {
+        "a@x.org",
+        "b@y.org",
+    }
+    assert init_config(dns_forward_zones="lab@10.77.0.1 test.@::1").dns_forward_zones == (
         ("lab", "10.77.0.1"),
         ("test", "::1"),
     )
@@ -103,7 +103,7 @@ def test_underscore_domain_is_self_signed():
 )
 def test_wrong_value_names_key_and_value(key, value):
     with pytest.raises(ConfigError) as e:
-        make(**{key: value})
+        init_config(**{key: value})
     assert key in str(e.value)
     assert repr(value) in str(e.value)
 
@@ -125,13 +125,13 @@ def test_missing_domain_and_section():
 
 def test_min_length_larger_than_max_is_rejected():
     with pytest.raises(ConfigError, match="username_min_length"):
-        make(username_min_length=12, username_max_length=9)
+        init_config(username_min_length=12, username_max_length=9)
 
 
 def test_unknown_keys_are_kept_for_the_caller_not_logged(caplog):
     # cmdeploy names them once; a log line as well made the operator read each one twice
     with caplog.at_level(logging.DEBUG):
-        config = make(passthrough_recipients="x@example.org", colour="blue")
+        config = init_config(passthrough_recipients="x@example.org", colour="blue")
     assert config.unknown_keys == ("colour", "passthrough_recipients")
     assert "colour" not in caplog.text
 
@@ -172,11 +172,11 @@ def test_parse_size(text, size):
 )  # fmt: skip
 def test_get_user_rejects_what_is_not_an_account(addr):
     with pytest.raises(ValueError):
-        make().get_user(addr)
+        init_config().get_user(addr)
 
 
 def test_get_user_paths():
-    user = make().get_user("abc123xyz@chat.example.org")
+    user = init_config().get_user("abc123xyz@chat.example.org")
     assert user.maildir == Path("/home/vmail/mail/chat.example.org/abc123xyz@chat.example.org")
     assert user.password_path.name == "password"
     assert user.enforce_e2ee_path.name == "enforceE2EEincoming"
@@ -189,4 +189,4 @@ def test_get_user_paths():
      ("ABCDEFGHI", False), ("abcd efgh", False), ("abcd+efgh", False), ("abcdéfghi", False)],
 )  # fmt: skip
 def test_localpart_rules(localpart, allowed):
-    assert make().is_localpart_allowed(localpart) is allowed
+    assert init_config().is_localpart_allowed(localpart) is allowed

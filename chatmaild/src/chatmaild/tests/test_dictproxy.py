@@ -15,6 +15,7 @@ from chatmaild.dictproxy import (
     tabescape,
     tabunescape,
 )
+from chatmaild.testkit.waiting import wait_until
 
 
 class MemoryDict(DictHandler):
@@ -94,9 +95,7 @@ def served(tmp_path):
     task = loop.create_task(server.serve(ready))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 5
-    while not ready.is_set() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(ready.is_set, "the dict server to listen", 5)
     clients = []
 
     def connect():

@@ -6,33 +6,18 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatmaild.config import parse_config, render_initial_config
 from chatmaild.dictproxy import DictFailure
 from chatmaild.doveauth import AuthDict, resource_problem, split_escaped
 from chatmaild.hashing import hash_password, verify_password
-from chatmaild.tests.procs import stop_process
-
-DOMAIN = "chat.example.org"
-
-
-def make_config(tmp_path, **overrides):
-    settings = {
-        "mailboxes_dir": tmp_path / "mail",
-        "nocreate_file": tmp_path / "nocreate",
-        "max_load_1m": 1000,
-        "min_available_memory": 0,
-        "min_free_disk_space": 0,
-        **overrides,
-    }
-    (tmp_path / "mail").mkdir(exist_ok=True)
-    return parse_config(render_initial_config(DOMAIN, settings))
+from chatmaild.testkit.config import DOMAIN, make_config, write_ini
+from chatmaild.testkit.procs import stop_process
+from chatmaild.testkit.waiting import wait_until
 
 
 @pytest.fixture
@@ -318,22 +303,14 @@ def test_name_the_filesystem_refuses_is_not_found(tmp_path):
 
 
 def _start_doveauth(tmp_path, **overrides):
-    ini = tmp_path / "chatmail.ini"
-    ini.write_text(render_initial_config(DOMAIN, {
-        "mailboxes_dir": tmp_path / "mail", "nocreate_file": tmp_path / "nocreate",
-        "max_load_1m": 1000, "min_available_memory": 0, "min_free_disk_space": 0, **overrides,
-    }))  # fmt: skip
-    (tmp_path / "mail").mkdir(exist_ok=True)
+    ini = write_ini(tmp_path, **overrides)
     sock = tmp_path / "auth.sock"
     err = open(tmp_path / "doveauth.stderr", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "chatmaild.doveauth", str(sock), str(ini)], stderr=err
     )
     err.close()
-    deadline = time.monotonic() + 15
-    while not sock.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "doveauth did not start"
-        time.sleep(0.02)
+    wait_until(sock.exists, "doveauth to start", 15, interval=0.02, proc=proc)
     return proc, sock
 
 

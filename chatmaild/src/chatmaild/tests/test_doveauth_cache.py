@@ -10,9 +10,9 @@ from chatmaild.dictproxy import NOT_CACHED, DictProxyServer
 from chatmaild.doveauth import AccountCache, AuthDict
 from chatmaild.fsutil import write_atomic
 from chatmaild.hashing import hash_password, verify_password
+from chatmaild.testkit.config import DOMAIN, make_config
 from chatmaild.tests.test_dictproxy import Client, MemoryDict
 from chatmaild.tests.test_dictproxy import served as served  # noqa: F401 (fixture)
-from chatmaild.tests.test_doveauth import DOMAIN, make_config
 
 ADDR = f"abcdefghi@{DOMAIN}"
 

@@ -11,7 +11,8 @@ import pytest
 
 from chatmaild.hashing import verify_password
 from chatmaild.lastlogin import day_of
-from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +180,7 @@ def test_login_updates_last_login_day(dovecot):
     password = dovecot.mailboxes_dir / addr / "password"
     os.utime(password, (86400 * 3, 86400 * 3))
     assert login(dovecot, addr, "password123")
-    deadline = time.monotonic() + 5
-    while password.stat().st_mtime == 86400 * 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: password.stat().st_mtime != 86400 * 3, "lastlogin's stamp", 5, interval=0.05)
     assert password.stat().st_mtime == day_of(int(time.time()))
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from deltachat_rpc_client import AttrDict
 
-from chatmaild.config import parse_config, render_initial_config
 from chatmaild.doveauth import AuthDict
 from chatmaild.echobot import (
     HELP_TEXT,
@@ -20,26 +19,10 @@ from chatmaild.echobot import (
     reply_for,
 )
 from chatmaild.hashing import verify_password
-
-from .dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.config import make_config, write_ini
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
 
 ECHO = f"echo@{DOMAIN}"
-
-
-def make_config(tmp_path):
-    (tmp_path / "mail").mkdir(exist_ok=True)
-    return parse_config(
-        render_initial_config(
-            DOMAIN,
-            {
-                "mailboxes_dir": tmp_path / "mail",
-                "nocreate_file": tmp_path / "nocreate",
-                "max_load_1m": 1000,
-                "min_available_memory": 0,
-                "min_free_disk_space": 0,
-            },
-        )
-    )
 
 
 def snapshot(text="", file=None, is_info=False, **extra):
@@ -142,8 +125,7 @@ def test_lost_password_is_provisioned_again(tmp_path):
 
 def test_provision_command(tmp_path):
     config = make_config(tmp_path)
-    ini = tmp_path / "chatmail.ini"
-    ini.write_text(f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {config.mailboxes_dir}\n")
+    ini = write_ini(tmp_path)
     main(["provision", str(ini), "--state-dir", str(tmp_path / "state")])
     password = (tmp_path / "state" / "password").read_text()
     assert verify_password(password, config.get_user(ECHO).get_password_hash())

@@ -5,23 +5,10 @@ import time
 
 import pytest
 
-from chatmaild.config import parse_config
 from chatmaild.expire import DAY, Expiry, delete_inactive_users_main, main, scan_mailbox
+from chatmaild.testkit.config import DOMAIN, make_config, write_ini
 
-DOMAIN = "chat.example.org"
 HOUR = 3600
-
-
-def write_ini(tmp_path, extra=""):
-    mailboxes = tmp_path / "mail"
-    mailboxes.mkdir(exist_ok=True)
-    ini = tmp_path / "chatmail.ini"
-    ini.write_text(
-        f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mailboxes}\n"
-        "delete_mails_after = 20\ndelete_large_after = 7\ndelete_inactive_users_after = 90\n"
-        f"{extra}"
-    )
-    return ini, mailboxes
 
 
 class Maildirs:
@@ -57,7 +44,8 @@ def names(paths):
 
 
 def test_old_large_and_inactive_are_removed_with_remove(tmp_path, capsys):
-    ini, mailboxes = write_ini(tmp_path)
+    ini = write_ini(tmp_path, DOMAIN)
+    mailboxes = tmp_path / "mail"
     md = Maildirs(mailboxes, time.time())
     alice = md.account("alice1234")
     fresh = md.message(alice, 1)
@@ -93,7 +81,8 @@ def test_old_large_and_inactive_are_removed_with_remove(tmp_path, capsys):
 
 
 def test_dry_run_is_the_default_and_changes_nothing(tmp_path, capsys):
-    ini, mailboxes = write_ini(tmp_path)
+    ini = write_ini(tmp_path, DOMAIN)
+    mailboxes = tmp_path / "mail"
     md = Maildirs(mailboxes, time.time())
     alice = md.account("alice1234")
     old = md.message(alice, 21)
@@ -112,7 +101,8 @@ def test_dry_run_is_the_default_and_changes_nothing(tmp_path, capsys):
 
 
 def test_account_without_password_is_removed_only_when_empty(tmp_path, capsys):
-    ini, mailboxes = write_ini(tmp_path)
+    ini = write_ini(tmp_path, DOMAIN)
+    mailboxes = tmp_path / "mail"
     empty = mailboxes / f"empty1234@{DOMAIN}"
     empty.mkdir()
     md = Maildirs(mailboxes, time.time())
@@ -127,7 +117,8 @@ def test_account_without_password_is_removed_only_when_empty(tmp_path, capsys):
 
 
 def test_quota_is_trimmed_to_70_percent_oldest_first(tmp_path, capsys):
-    ini, mailboxes = write_ini(tmp_path, "max_mailbox_size = 1M\n")
+    ini = write_ini(tmp_path, DOMAIN, max_mailbox_size="1M")
+    mailboxes = tmp_path / "mail"
     md = Maildirs(mailboxes, time.time())
     alice = md.account("alice1234")
     # 5 x 200000 bytes = 1000000 > 0.7 MiB (734003): the two oldest must go.
@@ -140,7 +131,8 @@ def test_quota_is_trimmed_to_70_percent_oldest_first(tmp_path, capsys):
 
 
 def test_days_option_pretends_an_earlier_time(tmp_path, capsys):
-    ini, mailboxes = write_ini(tmp_path)
+    ini = write_ini(tmp_path, DOMAIN)
+    mailboxes = tmp_path / "mail"
     md = Maildirs(mailboxes, time.time())
     alice = md.account("alice1234")
     msg = md.message(alice, 22)
@@ -151,7 +143,8 @@ def test_days_option_pretends_an_earlier_time(tmp_path, capsys):
 
 
 def test_invalid_account_names_are_never_touched(tmp_path, capsys):
-    ini, mailboxes = write_ini(tmp_path)
+    ini = write_ini(tmp_path, DOMAIN)
+    mailboxes = tmp_path / "mail"
     md = Maildirs(mailboxes, time.time())
     foreign = md.account("x").parent / "someone@other.org"
     foreign.mkdir()
@@ -161,7 +154,8 @@ def test_invalid_account_names_are_never_touched(tmp_path, capsys):
 
 
 def test_delete_inactive_users_removes_accounts_but_no_messages(tmp_path, capsys):
-    ini, mailboxes = write_ini(tmp_path)
+    ini = write_ini(tmp_path, DOMAIN)
+    mailboxes = tmp_path / "mail"
     md = Maildirs(mailboxes, time.time())
     inactive = md.account("bob123456", last_login_days=91)
     alice = md.account("alice1234")
@@ -185,7 +179,8 @@ def doomed_paths(config, now):
 @pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Tokyo"])
 def test_ages_do_not_depend_on_the_host_time_zone(tmp_path, tz):
     """Files two hours either side of each limit land on the right side in every zone."""
-    ini, mailboxes = write_ini(tmp_path)
+    ini = write_ini(tmp_path, DOMAIN)
+    mailboxes = tmp_path / "mail"
     md = Maildirs(mailboxes, time.time())
     alice = md.account("alice1234")
     keep = [md.message(alice, 20 - 2 / 24), md.message(alice, 7 - 2 / 24, size=300000)]
@@ -208,8 +203,8 @@ def test_ages_do_not_depend_on_the_host_time_zone(tmp_path, tz):
 
 
 def test_expiry_uses_the_given_now(tmp_path):
-    _, mailboxes = write_ini(tmp_path)
-    config = parse_config(f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mailboxes}\n")
+    config = make_config(tmp_path, DOMAIN)
+    mailboxes = config.mailboxes_dir
     now = 1_800_000_000
     md = Maildirs(mailboxes, now)
     alice = md.account("alice1234")
@@ -219,7 +214,8 @@ def test_expiry_uses_the_given_now(tmp_path):
 
 
 def test_missing_mailboxes_dir_is_reported(tmp_path):
-    ini, mailboxes = write_ini(tmp_path)
+    ini = write_ini(tmp_path, DOMAIN)
+    mailboxes = tmp_path / "mail"
     mailboxes.rmdir()
     with pytest.raises(SystemExit, match="does not exist"):
         main([str(ini)])

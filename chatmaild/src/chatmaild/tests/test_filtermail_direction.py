@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from chatmaild.config import parse_config
 from chatmaild.filtermail import direction
-from chatmaild.tests.mailgen import ALICE, BOB, plain
+from chatmaild.testkit.config import make_config
+from chatmaild.testkit.mailgen import ALICE, BOB, DOMAIN, plain
 
 
 @pytest.fixture
 def config(tmp_path):
-    return parse_config(
-        "[params]\nmail_domain = example.org\n"
-        "filtermail_smtp_port = 1001\nfiltermail_smtp_port_incoming = 1002\n"
-        "postfix_reinject_port = 1003\npostfix_reinject_port_incoming = 1004\n"
-        "max_user_send_per_minute = 1\nmax_user_send_burst_size = 2\n",
-        overrides={"mailboxes_dir": str(tmp_path / "mail")},
-    )
+    return make_config(
+        tmp_path, DOMAIN,
+        filtermail_smtp_port=1001, filtermail_smtp_port_incoming=1002,
+        postfix_reinject_port=1003, postfix_reinject_port_incoming=1004,
+        max_user_send_per_minute=1, max_user_send_burst_size=2,
+    )  # fmt: skip
 
 
 def test_ports_and_prefixes_come_from_the_config(config):

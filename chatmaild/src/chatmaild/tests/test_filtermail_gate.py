@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from chatmaild.filtermail import gate, openpgp
-from chatmaild.tests import mailgen
-from chatmaild.tests.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime
+from chatmaild.testkit import mailgen
+from chatmaild.testkit.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime
 
 MAIL_DATA = Path(__file__).parent / "mail-data"
 ENC = "523 Encryption Needed: Invalid Unencrypted Mail"

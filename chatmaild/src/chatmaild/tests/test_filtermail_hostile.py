@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from chatmaild.filtermail import gate, mime
-from chatmaild.tests import mailgen
-from chatmaild.tests.mailgen import (
+from chatmaild.testkit import mailgen
+from chatmaild.testkit.mailgen import (
     ALICE,
     BOB,
     CRLF,

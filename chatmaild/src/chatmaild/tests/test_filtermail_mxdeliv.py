@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from chatmaild.config import read_config
 from chatmaild.filtermail import direction as directions
 from chatmaild.filtermail import mxdeliv
 from chatmaild.filtermail.handler import FilterHandler
 from chatmaild.filtermail.smtpserver import MemoryBudget
-from chatmaild.tests.mailgen import ALICE, BOB
-from chatmaild.tests.procs import free_port
+from chatmaild.testkit.config import make_config
+from chatmaild.testkit.mailgen import ALICE, BOB
+from chatmaild.testkit.procs import free_port
 
 # The fixtures sink and start_filtermail are used as arguments, hence F401/F811.
 from chatmaild.tests.test_filtermail_proxy import read, sink, start_filtermail  # noqa: F401
@@ -213,13 +213,10 @@ class InProcess:
     """mxdeliv in a thread's event loop, for timeouts too short for the real process."""
 
     def __init__(self, tmp_path, sink_port: int, **options) -> None:
-        mailboxes = tmp_path / "mailboxes"
-        (mailboxes / BOB).mkdir(parents=True)
-        (mailboxes / BOB / "password").write_text("x")
-        ini = tmp_path / "chatmail.ini"
-        ini.write_text(f"[params]\nmail_domain = example.org\nmailboxes_dir = {mailboxes}\n"
-                       f"postfix_reinject_port_incoming = {sink_port}\n")  # fmt: skip
-        handler = FilterHandler(directions.for_name(read_config(ini), "incoming"))
+        config = make_config(tmp_path, "example.org", postfix_reinject_port_incoming=sink_port)
+        (config.mailboxes_dir / BOB).mkdir()
+        (config.mailboxes_dir / BOB / "password").write_text("x")
+        handler = FilterHandler(directions.for_name(config, "incoming"))
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

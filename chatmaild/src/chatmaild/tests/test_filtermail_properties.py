@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatmaild.filtermail import gate, openpgp
-from chatmaild.tests.mailgen import ALICE, BOB, armor, new_length, pgp_mime
+from chatmaild.testkit.mailgen import ALICE, BOB, armor, new_length, pgp_mime
 
 MAIL_DATA = Path(__file__).parent / "mail-data"
 VALID = (MAIL_DATA / "encrypted.eml").read_bytes()

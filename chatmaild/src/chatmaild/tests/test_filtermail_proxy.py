@@ -16,8 +16,8 @@ from aiosmtpd.controller import Controller
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatmaild.tests.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime, plain
-from chatmaild.tests.procs import free_port, stop_process
+from chatmaild.testkit.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime, plain
+from chatmaild.testkit.procs import free_port, stop_process
 
 MAIL_DATA = Path(__file__).parent / "mail-data"
 ENC = b"Encryption Needed: Invalid Unencrypted Mail"

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from chatmaild.config import parse_config
 from chatmaild.filtermail.recipients import local_account, recipient_enforces_e2ee
-from chatmaild.tests.mailgen import BOB
+from chatmaild.testkit.config import make_config
+from chatmaild.testkit.mailgen import BOB, DOMAIN
 
 
 @pytest.fixture
 def config(tmp_path):
-    return parse_config(
-        "[params]\nmail_domain = example.org\n",
-        overrides={"mailboxes_dir": str(tmp_path / "mail")},
-    )
+    return make_config(tmp_path, DOMAIN)
 
 
 def make_account(config, addr: str, enforce: bool = False) -> None:

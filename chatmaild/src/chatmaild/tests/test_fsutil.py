@@ -13,33 +13,20 @@ import stat
 
 import pytest
 
-from chatmaild.config import parse_config, render_initial_config
 from chatmaild.dictproxy import DictProxyServer, _Transaction
 from chatmaild.doveauth import AuthDict
 from chatmaild.fsutil import is_temporary, write_atomic
 from chatmaild.metadata import MetadataDict, MetadataStore
 from chatmaild.notifier import Notifier
-from chatmaild.tests.dovecot_instance import DovecotInstance
-from chatmaild.tests.fullfs import fill, small_tmpfs, temporary_files
+from chatmaild.testkit.config import DOMAIN, make_config, write_ini
+from chatmaild.testkit.dovecot_instance import DovecotInstance
+from chatmaild.testkit.fullfs import fill, small_tmpfs, temporary_files
 
-DOMAIN = "chat.example.org"
 ADDR = f"abcdefghi@{DOMAIN}"
 
 
 def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def make_config(mailboxes):
-    settings = {
-        "mailboxes_dir": mailboxes,
-        "nocreate_file": mailboxes.parent / "nocreate",
-        "max_load_1m": 1000,
-        "min_available_memory": 0,
-        # The write itself must meet the full disk here, not the free-space check.
-        "min_free_disk_space": 0,
-    }
-    return parse_config(render_initial_config(DOMAIN, settings))
 
 
 def test_replaces_content_with_the_given_mode_and_leaves_no_temporary_file(tmp_path):
@@ -107,7 +94,8 @@ def test_is_temporary_names():
 
 def test_doveauth_on_a_full_disk_fails_temporarily_and_creates_nothing(tmp_path):
     with small_tmpfs(tmp_path / "mail", "64k") as mail:
-        auth = AuthDict(make_config(mail))
+        # The kit's config has no free-space minimum: the write itself meets the full disk.
+        auth = AuthDict(make_config(tmp_path))
         server = DictProxyServer(auth, tmp_path / "unused.sock", workers=1)
         filler = fill(mail)
         key = f'shared/passdb/password123"{ADDR}"203.0.113.9'
@@ -125,7 +113,7 @@ def test_doveauth_on_a_full_disk_fails_temporarily_and_creates_nothing(tmp_path)
 
 def test_metadata_set_on_a_full_disk_answers_F_and_keeps_the_old_tokens(tmp_path):
     with small_tmpfs(tmp_path / "mail", "64k") as mail:
-        config = make_config(mail)
+        config = make_config(tmp_path)
         store = MetadataStore(config)
         user = config.get_user(ADDR)
         user.maildir.mkdir()
@@ -203,7 +191,7 @@ def test_lastlogin_on_a_full_disk_still_records_the_day(tmp_path):
     from chatmaild.lastlogin import LastLoginDict, day_of
 
     with small_tmpfs(tmp_path / "mail", "64k") as mail:
-        config = make_config(mail)
+        config = make_config(tmp_path)
         user = config.get_user(ADDR)
         user.maildir.mkdir()
         user.password_path.write_text("{SHA512-CRYPT}$6$x")
@@ -225,8 +213,7 @@ def test_expire_on_a_full_disk_removes_old_messages_and_frees_space(tmp_path):
         old.write_bytes(b"x" * 65536)
         os.utime(old, (1700000000, 1700000000))
         fill(mail)
-        ini = tmp_path / "chatmail.ini"
-        ini.write_text(f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mail}\n")
+        ini = write_ini(tmp_path)
         main([str(ini), "--remove"])
         assert not old.exists()
         assert shutil.disk_usage(mail).free >= 65536

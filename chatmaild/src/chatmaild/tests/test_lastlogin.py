@@ -2,15 +2,12 @@ import os
 
 import pytest
 
-from chatmaild.config import parse_config, render_initial_config
 from chatmaild.lastlogin import LastLoginDict, day_of
-
-DOMAIN = "chat.example.org"
+from chatmaild.testkit.config import DOMAIN
 
 
 @pytest.fixture
-def lastlogin(tmp_path):
-    config = parse_config(render_initial_config(DOMAIN, {"mailboxes_dir": tmp_path}))
+def lastlogin(config):
     user = config.get_user(f"abcdefghi@{DOMAIN}")
     user.maildir.mkdir()
     user.password_path.write_text("{SHA512-CRYPT}$6$x$y")

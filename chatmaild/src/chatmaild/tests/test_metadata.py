@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import chatmaild
-from chatmaild.config import parse_config
 from chatmaild.metadata import TOKEN_MAX_AGE, MetadataDict, MetadataStore
-
-from .dovecot_instance import DOMAIN, DovecotInstance
-from .push_server import HANG, PushServer, connect_unix, wait_until
+from chatmaild.testkit.config import make_config, write_ini
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.pushserver import HANG, PushServer
+from chatmaild.testkit.waiting import connect_unix, wait_until
 
 ADDR = f"abcdefghi@{DOMAIN}"
 TOKEN_KEY = "priv/0123456789abcdef/devicetoken"
@@ -26,21 +26,14 @@ SERVER_KEY = "shared/0123456789abcdef/vendor/vendor.dovecot/pvt/server/vendor/de
 LUA = Path(chatmaild.__file__).parent / "push_notification.lua"
 
 
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
-def make_config(mailboxes_dir, extra=""):
-    return parse_config(
-        f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mailboxes_dir}\n{extra}"
-    )
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture
 def config(tmp_path):
-    (tmp_path / ADDR).mkdir()
-    return make_config(tmp_path)
+    config = make_config(tmp_path)
+    (config.mailboxes_dir / ADDR).mkdir()
+    return config
 
 
 class Clock:
@@ -176,7 +169,7 @@ def test_server_entries(config, tmp_path):
     assert handler.lookup(SERVER_KEY + "irohrelay", None) is None
     assert handler.lookup(SERVER_KEY + "maxsmtprecipients", None) == "1000"
     assert handler.lookup(SERVER_KEY + "other", None) is None
-    with_iroh = make_config(tmp_path, "iroh_relay = https://iroh.example.org\n")
+    with_iroh = make_config(tmp_path, iroh_relay="https://iroh.example.org")
     handler = MetadataDict(with_iroh, MetadataStore(with_iroh), None)
     assert handler.lookup(SERVER_KEY + "irohrelay", None) == "https://iroh.example.org"
 
@@ -222,11 +215,7 @@ def service(tmp_path):
     mailboxes = tmp_path / "mail"
     (mailboxes / ADDR).mkdir(parents=True)
     with PushServer(lambda n, body: HANG) as server:
-        ini = tmp_path / "chatmail.ini"
-        ini.write_text(
-            f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mailboxes}\n"
-            f"notification_url = {server.url}\n"
-        )
+        ini = write_ini(tmp_path, notification_url=server.url)
         sock = tmp_path / "metadata.socket"
         proc = subprocess.Popen(
             [sys.executable, "-m", "chatmaild.metadata", str(sock), str(ini)],
@@ -266,11 +255,7 @@ def test_service_start_sends_what_a_previous_run_left_queued(tmp_path):
     queue.mkdir(parents=True)
     (queue / "0123abcd").write_text(f"{ADDR}\n{time.time()}\nleft-over-token")
     with PushServer() as server:
-        ini = tmp_path / "chatmail.ini"
-        ini.write_text(
-            f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mailboxes}\n"
-            f"notification_url = {server.url}\n"
-        )
+        ini = write_ini(tmp_path, notification_url=server.url)
         proc = subprocess.Popen(
             [sys.executable, "-m", "chatmaild.metadata", str(tmp_path / "s"), str(ini)],
             stderr=subprocess.DEVNULL,
@@ -285,6 +270,7 @@ def test_service_start_sends_what_a_previous_run_left_queued(tmp_path):
 
 
 def test_service_exits_when_mailboxes_dir_is_missing(tmp_path):
+    # write_ini would create the mailboxes_dir.
     ini = tmp_path / "chatmail.ini"
     ini.write_text(f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {tmp_path}/missing\n")
     result = subprocess.run(

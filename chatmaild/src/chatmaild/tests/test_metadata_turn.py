@@ -7,7 +7,6 @@ import hashlib
 
 import pytest
 
-from chatmaild.config import parse_config
 from chatmaild.metadata import (
     TURN_LIFETIME,
     MetadataDict,
@@ -29,12 +28,6 @@ def hmac_sha1_by_hand(key: bytes, msg: bytes) -> bytes:
     key = key.ljust(block, b"\0")
     inner = hashlib.sha1(bytes(b ^ 0x36 for b in key) + msg).digest()
     return hashlib.sha1(bytes(b ^ 0x5C for b in key) + inner).digest()
-
-
-@pytest.fixture
-def config(tmp_path):
-    (tmp_path / "mailboxes").mkdir()
-    return parse_config(f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {tmp_path}/mailboxes\n")
 
 
 def handler(config, secret_path, now=NOW):

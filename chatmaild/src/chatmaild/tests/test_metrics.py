@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 from chatmaild.metrics import count_accounts, main
+from chatmaild.testkit.config import write_ini
 
 DOMAIN = "chat.example.org"
 
@@ -21,8 +22,7 @@ def test_only_account_directories_are_counted(tmp_path):
 def test_prometheus_text_from_ini(tmp_path, capsys):
     mailboxes = tmp_path / "mail"
     populate(mailboxes)
-    ini = tmp_path / "chatmail.ini"
-    ini.write_text(f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mailboxes}\n")
+    ini = write_ini(tmp_path, DOMAIN)
     main([str(ini)])
     assert capsys.readouterr().out == (
         "# HELP accounts total number of accounts\n"
@@ -59,8 +59,7 @@ def test_mailboxes_dir_argument_and_output_file(tmp_path):
 def test_output_file_as_second_argument(tmp_path):
     mailboxes = tmp_path / "mail"
     populate(mailboxes)
-    ini = tmp_path / "chatmail.ini"
-    ini.write_text(f"[params]\nmail_domain = {DOMAIN}\nmailboxes_dir = {mailboxes}\n")
+    ini = write_ini(tmp_path, DOMAIN)
     out = tmp_path / "metrics"
     main([str(ini), str(out)])
     assert "\nnonci_accounts 3\n" in out.read_text()

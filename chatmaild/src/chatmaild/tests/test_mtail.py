@@ -24,9 +24,9 @@ import pytest
 import chatmaild
 from chatmaild.filtermail.mxdeliv import LOG_FORMAT as MXDELIV_LOG
 from chatmaild.quota_expire import expire_to_quota
-
-from .dovecot_instance import DOMAIN, DovecotInstance, free_port
-from .push_server import connect_unix, wait_until
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.procs import free_port
+from chatmaild.testkit.waiting import connect_unix, wait_until
 
 PKG = Path(chatmaild.__file__).parent
 MTAIL = PKG / "chatmail.mtail"

@@ -22,9 +22,8 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP
 
 from chatmaild import mxtransport
-from chatmaild.config import read_config
-
-from .dovecot_instance import free_port
+from chatmaild.testkit.config import make_config
+from chatmaild.testkit.procs import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -267,9 +266,8 @@ def run(coro_fn, dns_server, cert, tmp_path, *, https=True, smtp=True, setup=Non
         if smtp:
             await servers.start_smtp()
         router = make_router(dns_server, servers, **kw)
-        ini = tmp_path / "chatmail.ini"
-        ini.write_text(f"[params]\nmail_domain = here.test\nmailboxes_dir = {tmp_path}\n")
-        server, router = await mxtransport.start(read_config(ini), router=router, port=0)
+        config = make_config(tmp_path, "here.test")
+        server, router = await mxtransport.start(config, router=router, port=0)
         port = server.sockets[0].getsockname()[1]
         try:
             return await coro_fn(servers, port, router)

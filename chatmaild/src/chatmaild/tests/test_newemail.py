@@ -14,21 +14,15 @@ import chatmaild
 from chatmaild.config import parse_config, render_initial_config
 from chatmaild.doveauth import AuthDict
 from chatmaild.newemail import create_credentials
-
-from .dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.config import write_ini
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
 
 SCRIPT = Path(chatmaild.__file__).parent / "newemail.py"
 
 
 @pytest.fixture
 def ini(tmp_path):
-    path = tmp_path / "chatmail.ini"
-    path.write_text(
-        render_initial_config(
-            DOMAIN, {"mailboxes_dir": tmp_path / "mail", "username_min_length": 6}
-        )
-    )
-    return path
+    return write_ini(tmp_path, username_min_length=6)
 
 
 def run_cgi(ini, method, **env):
@@ -77,19 +71,7 @@ def test_lengths_follow_the_config(tmp_path):
     assert len(creds["password"]) == 23
 
 
-def test_credentials_pass_doveauths_creation_rules(tmp_path):
-    config = parse_config(
-        render_initial_config(
-            DOMAIN,
-            {
-                "mailboxes_dir": tmp_path,
-                "nocreate_file": tmp_path / "nocreate",
-                "max_load_1m": 1000,
-                "min_available_memory": 0,
-                "min_free_disk_space": 0,
-            },
-        )
-    )
+def test_credentials_pass_doveauths_creation_rules(config):
     auth = AuthDict(config)
     seen = set()
     for _ in range(200):

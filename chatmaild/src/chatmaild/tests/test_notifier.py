@@ -2,26 +2,24 @@ import os
 
 import pytest
 
-from chatmaild.config import parse_config
 from chatmaild.metadata import MetadataStore
 from chatmaild.notifier import Notifier, PendingNotification
-
-from .push_server import HANG, PushServer, wait_until
+from chatmaild.testkit.config import make_config
+from chatmaild.testkit.pushserver import HANG, PushServer
+from chatmaild.testkit.waiting import wait_until
 
 ADDR = "abcdefghi@chat.example.org"
 # Short stand-ins for 0, 8, 64, 512, 4096 seconds.
 FAST = (0, 0.02, 0.04, 0.06, 0.08)
 
 
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture
 def config(tmp_path):
-    config = parse_config(f"[params]\nmail_domain = chat.example.org\nmailboxes_dir = {tmp_path}\n")
-    (tmp_path / ADDR).mkdir()
+    config = make_config(tmp_path)
+    (config.mailboxes_dir / ADDR).mkdir()
     return config
 
 

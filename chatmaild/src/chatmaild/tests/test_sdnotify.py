@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,8 @@ import pytest
 from chatmaild import dictproxy, sdnotify
 from chatmaild.config import parse_config
 from chatmaild.filtermail import proxy
-from chatmaild.tests.procs import free_port, stop_process
+from chatmaild.testkit.procs import free_port, stop_process
+from chatmaild.testkit.waiting import wait_until
 
 
 @pytest.fixture
@@ -161,9 +161,7 @@ def test_dict_service_serves_the_socket_systemd_passed(tmp_path):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 10
-            while not dict_socket.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(dict_socket.exists, "the activated socket", 10, interval=0.05)
             assert _lastlogin_request(dict_socket) == b"\n", attempt
             assert not own_path.exists()
         finally:

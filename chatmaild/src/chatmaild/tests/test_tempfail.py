@@ -17,13 +17,11 @@ import smtplib
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 import chatmaild
-from chatmaild.config import parse_config, render_initial_config
 from chatmaild.dictproxy import DictProxyServer
 from chatmaild.doveauth import AuthDict
 from chatmaild.filtermail import direction as directions
@@ -31,8 +29,9 @@ from chatmaild.filtermail.handler import FilterHandler
 from chatmaild.lastlogin import LastLoginDict
 from chatmaild.metadata import MetadataDict, MetadataStore
 from chatmaild.saslproxy import SaslProxy, is_temporary_failure
-from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
-from chatmaild.tests.procs import free_port
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.procs import free_port
+from chatmaild.testkit.waiting import wait_until
 from chatmaild.tests.test_dictproxy import served  # noqa: F401  (fixture)
 from chatmaild.tests.test_filtermail_proxy import (  # noqa: F401  (fixtures)
     BOB,
@@ -56,9 +55,7 @@ def loop_symlink(path: Path) -> None:
 # --- the dict handlers on their own: storage errors answer F --------------------------
 
 
-@pytest.fixture
-def config(tmp_path):
-    return parse_config(render_initial_config(DOMAIN, {"mailboxes_dir": tmp_path}))
+# ``config``: the test kit's fixture (mailboxes in tmp_path/mail).
 
 
 def account(config, addr=ALICE):
@@ -197,12 +194,15 @@ def test_login_while_doveauth_is_down_is_a_temporary_failure(dovecot, how):
             user.maildir.unlink()
             os.rename(f"{user.maildir}.away", user.maildir)
         dovecot.restart_service("doveauth")
+
     # No negative cache: the right password works again, the wrong one fails. Dovecot's
     # dict client may answer one more temporary failure while it reconnects (seen under
     # load), but never a wrong-password one.
-    deadline = time.monotonic() + 10
-    while unavailable(results := imap(dovecot, ALICE, PASSWORD)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    def answered():
+        results = imap(dovecot, ALICE, PASSWORD)
+        return None if unavailable(results) else results
+
+    results = wait_until(answered, "a login that is no temporary failure", 10, interval=0.2)
     assert results[0][0] == "OK", results
     assert sasl(dovecot, ALICE, PASSWORD).startswith("OK\t1\t")
     wrong = sasl(dovecot, ALICE, "not-the-password")

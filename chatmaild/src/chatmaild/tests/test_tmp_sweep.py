@@ -15,7 +15,7 @@ from chatmaild.fsutil import (
     remove_stale_temporary_files,
     stale_temporary_files,
 )
-from chatmaild.tests.test_expire import DOMAIN, write_ini
+from chatmaild.testkit.config import DOMAIN, write_ini
 
 
 def leftover(directory, target: str, age: float):
@@ -43,7 +43,8 @@ def test_only_stale_temporary_files_directly_in_the_directory_are_found(tmp_path
 
 
 def expiry(tmp_path, remove: bool) -> tuple[Expiry, object]:
-    ini, mailboxes = write_ini(tmp_path)
+    ini = write_ini(tmp_path, DOMAIN)
+    mailboxes = tmp_path / "mail"
     return Expiry(read_config(ini), time.time(), remove=remove), mailboxes
 
 

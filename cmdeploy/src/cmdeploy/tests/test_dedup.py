@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from chatmaild.tests import dovecot_instance
-from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit import dovecot_instance
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
 
 from cmdeploy import loadgen
 

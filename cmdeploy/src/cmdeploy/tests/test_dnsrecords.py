@@ -1,4 +1,4 @@
-from chatmaild.config import parse_config, render_initial_config
+from chatmaild.testkit.config import init_config
 
 from cmdeploy.dnsrecords import RelayFacts, _normal, records, txt_value, zone_text
 
@@ -19,7 +19,7 @@ def test_long_txt_values_are_split_into_255_byte_strings():
 
 
 def test_zone_of_a_public_relay_has_required_and_recommended_records():
-    config = parse_config(render_initial_config("chat.example.org"))
+    config = init_config("chat.example.org")
     text = zone_text(config, facts())
     required, recommended = text.split("; Recommended")
     assert "chat.example.org.                        3600 IN A     192.0.2.7" in required
@@ -39,7 +39,7 @@ def test_zone_of_a_public_relay_has_required_and_recommended_records():
 
 
 def test_self_signed_relay_needs_no_mta_sts_records():
-    config = parse_config(render_initial_config("_relay1.lab"))
+    config = init_config("_relay1.lab")
     names = {r.name for r in records(config, facts(acme_account_url=None))}
     assert "mta-sts._relay1.lab." not in names and "_mta-sts._relay1.lab." not in names
     assert "www._relay1.lab." in names

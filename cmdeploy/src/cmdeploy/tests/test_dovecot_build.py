@@ -9,7 +9,8 @@ import subprocess
 import types
 
 import pytest
-from chatmaild.config import ConfigError, parse_config
+from chatmaild.config import ConfigError
+from chatmaild.testkit.config import init_config
 
 from cmdeploy.dovecot import build
 
@@ -241,21 +242,16 @@ class FakeShell:
         raise AssertionError(path)
 
 
-def config(**keys):
-    extra = "".join(f"{k} = {v}\n" for k, v in keys.items())
-    return parse_config(f"[params]\nmail_domain = chat.example.org\n{extra}")
-
-
 def test_prepare_stock_asks_nothing():
     shell, logs = FakeShell("", True), []
-    plan = build.prepare(config(dovecot_package="stock"), shell, log=logs.append)
+    plan = build.prepare(init_config(dovecot_package="stock"), shell, log=logs.append)
     assert plan == build.Plan() and shell.commands == []
     assert plan.env()["CHATMAIL_DOVECOT_VERSION"] == ""
 
 
 def test_prepare_falls_back_to_stock_and_says_so(tmp_path):
     shell, logs = FakeShell(MADISON, fetch_ok=False), []
-    plan = build.prepare(config(), shell, log=logs.append, root=tmp_path)
+    plan = build.prepare(init_config(), shell, log=logs.append, root=tmp_path)
     assert plan.version is None
     assert logs and logs[0].startswith("WARNING: dovecot:") and "stock" in logs[0]
     assert shell.commands[0] == build.LIST_COMMAND
@@ -284,7 +280,7 @@ def test_prepare_uses_the_cache(tmp_path):
     v6 = U6 + "+chatmail1"
     folder = _fill(tmp_path, "amd64", v6)
     shell, logs = FakeShell(MADISON, fetch_ok=False), []
-    plan = build.prepare(config(dovecot_allow_outdated_source="true"), shell, log=logs.append,
+    plan = build.prepare(init_config(dovecot_allow_outdated_source="true"), shell, log=logs.append,
                          root=tmp_path)  # fmt: skip
     assert plan == build.Plan(v6, folder)
     assert plan.env()["CHATMAIL_DOVECOT_DEBS"] == str(folder)
@@ -293,15 +289,15 @@ def test_prepare_uses_the_cache(tmp_path):
 
 def test_prepare_dry_run_changes_nothing(tmp_path):
     shell, logs = FakeShell(MADISON, fetch_ok=True), []
-    plan = build.prepare(config(), shell, dry_run=True, log=logs.append, root=tmp_path)
+    plan = build.prepare(init_config(), shell, dry_run=True, log=logs.append, root=tmp_path)
     assert plan.pending and plan.version == U7 + "+chatmail1"
     assert "would try" in logs[0]
     assert len(shell.commands) == 1 and "apt-get update" not in shell.commands[0]
 
 
 def test_config_keys():
-    assert config().dovecot_package == "patched"
-    assert config().dovecot_allow_outdated_source is False
-    assert config(dovecot_package="stock").dovecot_package == "stock"
+    assert init_config().dovecot_package == "patched"
+    assert init_config().dovecot_allow_outdated_source is False
+    assert init_config(dovecot_package="stock").dovecot_package == "stock"
     with pytest.raises(ConfigError, match="dovecot_package.*'patched'.*'stock'"):
-        config(dovecot_package="fast")
+        init_config(dovecot_package="fast")

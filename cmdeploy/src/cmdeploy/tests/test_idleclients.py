@@ -7,7 +7,7 @@ import smtplib
 import time
 
 import pytest
-from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
 
 from cmdeploy import idleclients, loadgen
 

@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from chatmaild.filtermail.gate import check_outgoing
-from chatmaild.tests.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
 
 from cmdeploy import loadgen
 

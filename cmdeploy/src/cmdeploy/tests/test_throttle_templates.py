@@ -2,8 +2,8 @@
 
 import re
 
-from chatmaild.config import parse_config, render_initial_config
-from chatmaild.tests import dovecot_instance
+from chatmaild.testkit import dovecot_instance
+from chatmaild.testkit.config import init_config
 
 from cmdeploy.deployer_base import DeployOptions
 from cmdeploy.dovecot.deployer import DovecotDeployer
@@ -11,25 +11,23 @@ from cmdeploy.nginx.deployer import NginxDeployer
 from cmdeploy.tests.test_templates import doveconf_n
 
 
-def config(**overrides):
-    return parse_config(render_initial_config("chat.example.org", overrides))
-
-
 def nginx_conf(cfg) -> str:
     return NginxDeployer(cfg, DeployOptions()).render("nginx.conf.j2", ini_path="/x.ini")
 
 
 def test_new_is_limited_per_client_ip_at_doveauths_pace():
-    text = nginx_conf(config())
+    text = nginx_conf(init_config())
     assert re.search(r"limit_req_zone \$binary_remote_addr zone=new_account:\d+m rate=1r/m;", text)
     assert "limit_req zone=new_account burst=99 nodelay;" in text
     assert "limit_req_status 429;" in text
-    text = nginx_conf(config(max_new_accounts_per_ip_per_hour=600, max_new_accounts_per_ip_burst=5))
+    text = nginx_conf(
+        init_config(max_new_accounts_per_ip_per_hour=600, max_new_accounts_per_ip_burst=5)
+    )
     assert "rate=10r/m;" in text and "burst=4 nodelay;" in text
 
 
 def test_port_443_passes_the_client_address_to_every_backend():
-    text = nginx_conf(config())
+    text = nginx_conf(init_config())
     assert "proxy_protocol on;" in text
     assert "~\\bimap\\b 127.0.0.1:8993;" in text
     assert "~\\bsmtp\\b 127.0.0.1:8465;" in text
@@ -38,7 +36,7 @@ def test_port_443_passes_the_client_address_to_every_backend():
 
 
 def dovecot_conf(tmp_path) -> str:
-    out = doveconf_n(config(), tmp_path)
+    out = doveconf_n(init_config(), tmp_path)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -54,7 +52,7 @@ def test_dovecot_keeps_its_auth_penalty_and_reads_proxy_headers_from_nginx(tmp_p
 
 
 def test_passdb_key_of_the_relay_and_of_the_test_dovecot_agree():
-    relay = DovecotDeployer(config(), DeployOptions()).render("auth.conf.j2")
+    relay = DovecotDeployer(init_config(), DeployOptions()).render("auth.conf.j2")
     (relay_key,) = re.findall(r"^password_key = (.*)$", relay, re.M)
     test_conf = dovecot_instance.AUTH_CONF.format(auth_socket="/x")
     (test_key,) = re.findall(r"^password_key = (.*)$", test_conf, re.M)

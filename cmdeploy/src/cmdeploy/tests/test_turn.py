@@ -12,7 +12,7 @@ import struct
 import threading
 
 import pytest
-from chatmaild.config import parse_config, render_initial_config
+from chatmaild.testkit.config import init_config
 
 from cmdeploy import status, status_probe
 from cmdeploy.deployer_base import DeployOptions
@@ -22,9 +22,7 @@ from cmdeploy.turn.deployer import TurnDeployer
 
 
 def deployer() -> TurnDeployer:
-    return TurnDeployer(
-        parse_config(render_initial_config("chat.example.org", {})), DeployOptions()
-    )
+    return TurnDeployer(init_config("chat.example.org"), DeployOptions())
 
 
 def render_conf(allowed=()) -> str:
@@ -110,7 +108,7 @@ def test_dropin_replaces_debians_config_and_supervises():
 
 
 def test_status_probes_coturn_over_udp():
-    comps = {c.name: c for c in status.components(parse_config(render_initial_config("x.org", {})))}
+    comps = {c.name: c for c in status.components(init_config("x.org"))}
     (check,) = comps["coturn"].checks
     assert (check["kind"], check["port"]) == ("stun", 3478)
 

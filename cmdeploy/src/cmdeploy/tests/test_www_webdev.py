@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from chatmaild.config import render_initial_config
-from chatmaild.tests.procs import stop_process
+from chatmaild.testkit.procs import stop_process
+from chatmaild.testkit.waiting import wait_until
 
 from cmdeploy.tests.www_browser import CHROMIUM, Chromium
 from cmdeploy.website.build import REPO_WWW
@@ -68,12 +69,11 @@ class Webdev:
             return r.read().decode()
 
     def wait_until_served(self, path: str, text: str) -> str:
-        deadline = time.monotonic() + REBUILD_WAIT
-        while True:
+        def page_with_text() -> str | None:
             page = self.get(path)
-            if text in page or time.monotonic() > deadline:
-                return page
-            time.sleep(0.1)
+            return page if text in page else None
+
+        return wait_until(page_with_text, f"{text!r} in {path}", REBUILD_WAIT, interval=0.1)
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -117,10 +117,9 @@ def test_broken_source_keeps_last_good_page_until_fixed(webdev):
     info = webdev.src / "info.md"
     good = info.read_text()
     info.write_text(good + "\n{{ no_such_variable }}\n")
-    deadline = time.monotonic() + REBUILD_WAIT
-    while not any("build failed" in line for line in webdev.output):
-        assert time.monotonic() < deadline, "".join(webdev.output)
-        time.sleep(0.1)
+    wait_until(lambda: any("build failed" in line for line in webdev.output),
+               lambda: f"'build failed' in webdev's output: {''.join(webdev.output)}",
+               REBUILD_WAIT, interval=0.1)  # fmt: skip
     assert any("no_such_variable" in line for line in webdev.output)
     assert "How chat.example.org works" in webdev.get("info.html")
     info.write_text(good + "\nRepaired-again\n")
@@ -136,12 +135,10 @@ def test_open_page_reloads_itself_after_an_edit(webdev, tmp_path):
         # a mark that only survives if the page is not reloaded
         page.evaluate("window.notReloaded = true")
         append(webdev.src / "info.md", "\nLive-reload-marker\n")
-        deadline = time.monotonic() + REBUILD_WAIT
         # mid-reload the new document may have no body yet
         shown = "document.body ? document.body.innerText : ''"
-        while "Live-reload-marker" not in page.evaluate(shown):
-            assert time.monotonic() < deadline, "the page did not show the edit"
-            time.sleep(0.1)
+        wait_until(lambda: "Live-reload-marker" in page.evaluate(shown),
+                   "the page to show the edit", REBUILD_WAIT, interval=0.1)  # fmt: skip
         assert page.evaluate("window.notReloaded === undefined")
         assert page.errors == []
         page.close()

@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import websocket
-from chatmaild.tests.procs import stop_process
+from chatmaild.testkit.procs import stop_process
+from chatmaild.testkit.waiting import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ZBARIMG = shutil.which("zbarimg")
@@ -70,15 +71,15 @@ class Chromium:
 
     def _wait_for_port(self) -> int:
         port_file = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chromium exited early, see {self.log_path}")
+
+        def port() -> int | None:
             try:
                 return int(port_file.read_text().split()[0])
             except (FileNotFoundError, IndexError, ValueError):
-                time.sleep(0.05)
-        raise RuntimeError(f"chromium did not open its DevTools port, see {self.log_path}")
+                return None
+
+        what = f"chromium's DevTools port (see {self.log_path})"
+        return wait_until(port, what, START_TIMEOUT, interval=0.05, proc=self.proc)
 
     def new_page(self) -> Page:
         req = urllib.request.Request(

@@ -16,7 +16,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from chatmaild.tests import mailgen
+from chatmaild.testkit import mailgen
+from chatmaild.testkit.waiting import wait_until
 
 from cmdeploy.lab.relay import (
     acme_lab_relay,
@@ -26,7 +27,9 @@ from cmdeploy.lab.relay import (
     repoint_zone,
     write_config,
 )
+from cmdeploy.relaypaths import VENV
 from cmdeploy.tests.lab.probes import call
+from cmdeploy.tests.lab.test_relay_hostile import mail_log, since
 
 pytestmark = pytest.mark.lab
 
@@ -76,15 +79,11 @@ def serials(result: dict[int, dict]) -> set[str]:
 
 
 def wait_for_new_serial(lab, relay, cafile: str, old: set[str], timeout: float = 90) -> dict:
-    """Poll every port until none serves a serial of ``old``; return the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        now = served(lab, relay, cafile)
-        if all(r.get("serial") and r["serial"] not in old for r in now.values()):
-            return now
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {timeout}s {relay.domain} still serves {now}")
-        time.sleep(1)
+    """Poll every port until none serves a serial of ``old``; return what they serve."""
+    return wait_until(lambda: served(lab, relay, cafile), f"new serials on {relay.domain}",
+                      timeout, interval=1,
+                      until=lambda now: all(r.get("serial") and r["serial"] not in old
+                                            for r in now.values()))  # fmt: skip
 
 
 def ssh(lab, relay, command: str) -> str:
@@ -119,14 +118,11 @@ def test_status_shows_the_certificate_expiry(lab, relay1, root_file):
     for relay in [relay1]:
         # Right after a deploy a Type=notify unit (echobot) may still be starting: status
         # then exits 1 naming it; it must come to exit 0 within seconds.
-        deadline = time.monotonic() + 30
-        while True:
-            proc = cmdeploy(lab, relay, "status", "--ssh-host", relay.name, check=False)
-            if proc.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        proc = wait_until(lambda r=relay: cmdeploy(lab, r, "status", "--ssh-host", r.name,
+                                                   check=False),
+                          "cmdeploy status to exit 0", 30, interval=2,
+                          until=lambda proc: proc.returncode == 0)  # fmt: skip
         out = proc.stdout
-        assert proc.returncode == 0, out + proc.stderr
         m = re.search(r"^certificate expires: (.+)$", out, re.M)
         assert m, out
         shown = datetime.strptime(m.group(1).strip(), "%b %d %H:%M:%S %Y %Z")
@@ -210,11 +206,21 @@ def test_mail_between_the_relays_uses_verified_tls(lab, relay1, relay2, root_fil
     check_every_port(lab, relay2, root_file)
     sender, rcpt = new_address(relay1), new_address(relay2)
     assert inbox_count(lab, relay2, rcpt, wait=0, min_count=0) == 0  # creates the account
+    start = since(lab, relay1)
     send_encrypted(lab, relay1, sender, rcpt)
     assert inbox_count(lab, relay2, rcpt, wait=30) == 1
-    # Delivered at Postfix's "verify" level (no policy entry relaxes it for this domain), so
-    # relay2's certificate was verified, with the name; Postfix logs no TLS line at its
-    # default log level, so its own TLS probe shows the verification.
+    # It left through chatmail-mxtransport over HTTPS (mxdeliv_outgoing, on by default),
+    # whose client verifies with Router.verified_tls: that context verifies relay2's 443.
+    log = mail_log(lab, relay1, start)
+    assert any(f"to=<{rcpt}>" in line and "status=sent (250 OK (HTTPS))" in line
+               for line in log.splitlines()), log[-3000:]  # fmt: skip
+    verify = (f"{VENV}/bin/python3 -c 'import socket; from chatmaild.mxtransport import Router; "
+              f"Router(\"x\").verified_tls.wrap_socket(socket.create_connection("
+              f"(\"{relay2.domain}\", 443), 10), server_hostname=\"{relay2.domain}\"); print(\"ok\")'")  # fmt: skip
+    assert ssh(lab, relay1, verify).strip() == "ok"
+    # With mxdeliv_outgoing = false Postfix delivers, at its "verify" level (no policy entry
+    # relaxes it for this domain), so relay2's certificate is verified, with the name;
+    # Postfix logs no TLS line at its default log level: its own TLS probe shows it.
     assert ssh(lab, relay1, "postconf -h smtp_tls_security_level").strip() == "verify"
     policy = "postmap -q {d} regexp:/etc/postfix/smtp_tls_policy_map || true"
     assert ssh(lab, relay1, policy.format(d=relay2.domain)).strip() == ""

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from chatmaild.tests import mailgen
+from chatmaild.testkit import mailgen
 
 from cmdeploy.lab.relay import (
     cmdeploy,

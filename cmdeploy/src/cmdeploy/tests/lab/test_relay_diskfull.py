@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from chatmaild.testkit.waiting import wait_until
 
 from cmdeploy.lab.relay import lab_relay
 from cmdeploy.tests.lab.probes import call
@@ -82,16 +83,17 @@ def small_fs(lab, relay, path: str, size: str, units: list[str]) -> Iterator[Non
 def wait_listening(lab, relay, units: list[str], timeout: float = 30) -> None:
     """Until SMTP submission and IMAP answer again: Postfix's unit is active before its
     master listens."""
-    deadline = time.monotonic() + timeout
-    while True:
-        listening = sh(lab, relay, "ss -ltnH", check=False)
-        if ":465 " in listening and ":993 " in listening:
-            return
-        if time.monotonic() > deadline:
-            journal = sh(lab, relay, f"journalctl -n 60 --no-pager -u {' -u '.join(units)}",
-                         check=False)  # fmt: skip
-            raise AssertionError(f"465/993 not listening after {timeout}s:\n{journal}")
-        time.sleep(0.5)
+
+    def listening() -> bool:
+        ports = sh(lab, relay, "ss -ltnH", check=False)
+        return ":465 " in ports and ":993 " in ports
+
+    def journal() -> str:
+        units_log = sh(lab, relay, f"journalctl -n 60 --no-pager -u {' -u '.join(units)}",
+                       check=False)  # fmt: skip
+        return f"465/993 to listen:\n{units_log}"
+
+    wait_until(listening, journal, timeout, interval=0.5)
 
 
 def spool_units(lab, relay) -> list[str]:
@@ -164,10 +166,8 @@ def test_full_mailboxes_keep_accepted_mail_queued_and_deliver_it_once_space_is_b
         print(f"\nsubmission with full mailboxes: {reply}")
         assert reply["code"] == 250, reply  # the queue has space: accepted
 
-        deadline = time.monotonic() + 30
-        while "status=deferred" not in (log := mail_log(lab, relay, start)):
-            assert time.monotonic() < deadline, log[-3000:]
-            time.sleep(1)
+        log = wait_until(lambda: mail_log(lab, relay, start), "a deferral in the mail log",
+                         30, interval=1, until=lambda log: "status=deferred" in log)  # fmt: skip
         deferral = next(line for line in log.splitlines()
                         if f"to=<{recipient}>" in line and "status=deferred" in line)  # fmt: skip
         print(f"LMTP on the full disk: {deferral.split('status=', 1)[1]}")
@@ -235,10 +235,8 @@ def test_full_queue_refuses_new_mail_with_452_and_accepts_it_once_space_is_back(
         got = inbox(lab, relay, recipient, wait=30, min_count=2)
         assert with_msgid(got, msgid2) == 1
         # Nothing may stay behind in the spool that is about to be unmounted.
-        deadline = time.monotonic() + 30
-        while "Mail queue is empty" not in sh(lab, relay, "postqueue -p"):
-            assert time.monotonic() < deadline, sh(lab, relay, "postqueue -p")
-            time.sleep(1)
+        wait_until(lambda: sh(lab, relay, "postqueue -p"), "an empty mail queue", 30,
+                   interval=1, until=lambda queue: "Mail queue is empty" in queue)  # fmt: skip
     log = mail_log(lab, relay, start)
     assert "status=bounced" not in log, log[-3000:]
     refusals = [line for line in log.splitlines() if "Insufficient system storage" in line]

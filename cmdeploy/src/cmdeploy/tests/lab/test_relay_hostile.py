@@ -16,7 +16,7 @@ import time
 
 import pytest
 from chatmaild.config import read_config
-from chatmaild.tests import mailgen
+from chatmaild.testkit import mailgen
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 

@@ -14,6 +14,7 @@ import time
 
 import pytest
 from chatmaild.config import read_config
+from chatmaild.testkit.waiting import wait_until
 
 from cmdeploy import status
 from cmdeploy.lab.relay import cmdeploy, deploy, lab_relay
@@ -108,13 +109,10 @@ def master_pid(lab, relay) -> int:
 
 def wait_answering(lab, relay, comp: status.Component, timeout: float = 15) -> None:
     spec = status.probe_spec([comp])
-    deadline = time.monotonic() + timeout
-    while True:
-        report = status.parse(lab.ssh_run(relay.name, status.probe_command(spec)).stdout)
-        if not status.verdicts([comp], report)[0].down:
-            return
-        assert time.monotonic() < deadline, status.render(status.verdicts([comp], report))
-        time.sleep(0.3)
+    wait_until(lambda: status.verdicts([comp], status.parse(
+                   lab.ssh_run(relay.name, status.probe_command(spec)).stdout)),
+               f"{comp.name} to answer", timeout, interval=0.3,
+               until=lambda verdicts: not verdicts[0].down)  # fmt: skip
 
 
 def test_postfix_reload_and_restart_act_on_the_supervised_master(lab, relay, comps):

@@ -16,6 +16,7 @@ import base64
 import time
 
 import pytest
+from chatmaild.testkit.waiting import wait_until
 
 from cmdeploy.lab.relay import lab_relay
 from cmdeploy.services.deployer import SOCKETS
@@ -198,11 +199,10 @@ def test_service_down_gives_temporary_failures_only(lab, relays, accounts, start
         assert down["port25"].startswith("deferred") and " said: 4" in down["port25"], down
 
     # Back up: the same actions succeed.
-    deadline = time.monotonic() + 20
-    while (up := call(lab, "smtp_auth", host=relay1.domain, user=accounts["alice"],
-                      password=PASSWORD))["code"] != 235 and time.monotonic() < deadline:  # fmt: skip
-        time.sleep(1)
-    assert up["code"] == 235, up
+    wait_until(lambda: call(lab, "smtp_auth", host=relay1.domain, user=accounts["alice"],
+                            password=PASSWORD),
+               "SMTP AUTH to succeed again", 20, interval=1,
+               until=lambda up: up["code"] == 235)  # fmt: skip
     again = observe(lab, relays, accounts, sent)
     replies = again["imap"]["replies"]
     assert all(r.startswith(f"t{i} OK") for i, r in enumerate(replies)), replies

@@ -378,7 +378,7 @@ PUSH_MESSAGES = 20
 def test_push_latency(config, domain):
     """SMTP 250 (the message is queued) -> the POST of the recipient's device token at the
     notification server; an upper bound of LMTP delivery -> POST (the lab push server)."""
-    from cmdeploy.tests.online.pushserver import PushServer
+    from chatmaild.testkit.pushserver import PushServer
 
     server = PushServer.for_url(config.notification_url)
     if server is None:

@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from chatmaild.tests import mailgen
+from chatmaild.testkit import mailgen
 
 
 def encrypted(from_addr: str, to: str, subject: str = "secret subject") -> bytes:

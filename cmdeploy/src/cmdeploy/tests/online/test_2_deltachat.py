@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import imaplib
 import json
-import time
 import urllib.request
 
 import pytest
+from chatmaild.testkit.waiting import wait_until
 from deltachat_rpc_client.const import EventType
 
 from cmdeploy.tests.online.dcutil import addr_of, online_account, wait_for, wait_text
@@ -117,7 +117,7 @@ def test_push_notification_reaches_the_notification_server(make_account, imap, d
 
     Core 2.65 offers no JSON-RPC call to register a token; the test registers it the way
     core does, with SETMETADATA on the recipient's INBOX."""
-    from cmdeploy.tests.online.pushserver import PushServer
+    from chatmaild.testkit.pushserver import PushServer
 
     server = PushServer.for_url(config.notification_url)
     if server is None:
@@ -139,13 +139,9 @@ def test_quota_exceeded_is_reported(make_account, remote, fill_quota, domain):
     fill_quota(addr_of(recipient))
     since = remote.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
     sender.create_chat(recipient).send_text("does not fit")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        log = remote.run(f"journalctl -u dovecot --since '{since}' --no-pager", check=False).stdout
-        if "Quota exceeded" in log:
-            return
-        time.sleep(1)
-    pytest.fail("no 'Quota exceeded' in the Dovecot log within 60s")
+    wait_until(lambda: "Quota exceeded" in remote.run(
+                   f"journalctl -u dovecot --since '{since}' --no-pager", check=False).stdout,
+               "'Quota exceeded' in the Dovecot log", 60, interval=1)  # fmt: skip
 
 
 def test_new_endpoint_json_is_usable_by_core(dc, domain, ssl_context):

@@ -1,7 +1,8 @@
 """Test-data generator: OpenPGP packet framing, ASCII armor and PGP/MIME messages.
 
 No cryptography: packet bodies are random bytes, since the gate only checks structure.
-``python -m chatmaild.tests.mailgen DIR`` (re)writes the .eml corpus deterministically.
+``python -m chatmaild.testkit.mailgen DIR`` (re)writes the .eml corpus deterministically
+(the tests' copy: chatmaild/src/chatmaild/tests/mail-data).
 """
 
 from __future__ import annotations

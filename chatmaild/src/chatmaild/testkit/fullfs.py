@@ -13,8 +13,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 FILLER = "zz-filler"
 
 
@@ -22,6 +20,8 @@ FILLER = "zz-filler"
 def small_tmpfs(mountpoint: Path, size: str = "256k") -> Iterator[Path]:
     """Mount a tmpfs of ``size`` on ``mountpoint`` (created if missing) for the block."""
     if os.geteuid() != 0:
+        import pytest  # only here: the rest of the kit runs without pytest
+
         pytest.skip("mounting a tmpfs needs root")
     mountpoint.mkdir(parents=True, exist_ok=True)
     subprocess.run(

@@ -1,6 +1,6 @@
 """A throw-away Debian Dovecot on loopback, wired to our dict services over unix sockets.
 
-Used by the tests and by ``bench/doveauth_bench.py``. Everything lives in one directory;
+Used by the tests and by ``bench/``. Everything lives in one directory;
 ``stop()`` ends every process it started, by PID.
 """
 
@@ -14,27 +14,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from chatmaild.config import Config, read_config, render_initial_config
-from chatmaild.tests.procs import free_port
+from chatmaild.testkit.config import DOMAIN, settings
+from chatmaild.testkit.procs import free_port
+from chatmaild.testkit.waiting import wait_until
 
-DOMAIN = "chat.example.org"
 # prctl(2): the signal a child gets when the thread that started it dies.
 PR_SET_PDEATHSIG = 1
-
-
-def wait_for(check, what: str, timeout: float = 15.0, proc=None) -> None:
-    """Poll ``check`` until true; fail early if ``proc`` exits, else after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _port_open(port: int) -> bool:
@@ -189,18 +177,10 @@ class DovecotInstance:
         self.auth_penalty = auth_penalty
         self.auth_failure_delay = auth_failure_delay
         self.metadata_socket = self.dir / "metadata.socket"
-        self.mailboxes_dir = self.dir / "mail"
-        self.nocreate_file = self.dir / "chatmail-nocreate"
         self.ini_path = self.dir / "chatmail.ini"
-        self.overrides = {
-            "mailboxes_dir": self.mailboxes_dir,
-            "nocreate_file": self.nocreate_file,
-            # The test machine may be busy; resource refusals are tested separately.
-            "max_load_1m": 1000,
-            "min_available_memory": 0,
-            "min_free_disk_space": 0,
-            **(ini_overrides or {}),
-        }
+        self.overrides = settings(self.dir, **(ini_overrides or {}))
+        self.mailboxes_dir = Path(self.overrides["mailboxes_dir"])
+        self.nocreate_file = Path(self.overrides["nocreate_file"])
         self.procs: list[subprocess.Popen] = []
         self.services: dict[str, tuple[subprocess.Popen, Path]] = {}
         self.logs: dict[str, Path] = {}
@@ -241,7 +221,7 @@ class DovecotInstance:
             conf = self.dir / "dovecot.conf"
             conf.write_text(DOVECOT_CONF.format(**fmt) + self._extra_conf())
             proc = self._spawn("dovecot", ["dovecot", "-F", "-c", str(conf)])
-            wait_for(lambda: _port_open(self.imap_port), "dovecot IMAP port", proc=proc)
+            wait_until(lambda: _port_open(self.imap_port), "dovecot IMAP port", 15, proc=proc)
         except BaseException:
             self.stop()
             raise
@@ -273,7 +253,7 @@ class DovecotInstance:
         env_argv = [sys.executable, "-m", f"chatmaild.{name}", str(sock), str(self.ini_path)]
         proc = self._spawn(name, env_argv)
         self.services[name] = (proc, sock)
-        wait_for(sock.exists, f"{name} socket", proc=proc)
+        wait_until(sock.exists, f"{name} socket", 15, proc=proc)
         sock.chmod(0o666)
 
     def signal_service(self, name: str, sig: int = signal.SIGKILL) -> None:
