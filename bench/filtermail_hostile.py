@@ -28,22 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import smtpsink  # bench/ is on sys.path when a bench script runs
+from chatmaild.testkit.mailgen import new_length
 
 CRLF = b"\r\n"
 RCPT = "bob@example.org"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --- message generators -----------------------------------------------------------------
-
-
-def new_length(n: int) -> bytes:
-    """RFC 4880 §4.2.2 one-, two- or five-octet length."""
-    if n < 192:
-        return bytes([n])
-    if n < 8384:
-        n -= 192
-        return bytes([(n >> 8) + 192, n & 0xFF])
-    return b"\xff" + n.to_bytes(4, "big")
 
 
 def seipd_partial(body: bytes, power: int = 13) -> bytes:

@@ -16,6 +16,8 @@ CRLF = b"\r\n"
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
 DOMAIN = "example.org"
+# The tests' copy of the corpus (written by ``main``), as files: what they send and parse.
+MAIL_DATA = Path(__file__).parents[1] / "tests" / "mail-data"
 
 
 def new_length(n: int) -> bytes:
@@ -272,6 +274,11 @@ def postfix_bounce(original: bytes, boundary: str = "4Abc1.1796032800/mx.example
     )
     body = b"".join(dash + CRLF + p + CRLF for p in (notification, report, returned))
     return top + body + dash + b"--" + CRLF
+
+
+def read(name: str) -> bytes:
+    """The bytes of sample ``name`` of the corpus in MAIL_DATA."""
+    return (MAIL_DATA / name).read_bytes()
 
 
 def corpus() -> dict[str, bytes]:

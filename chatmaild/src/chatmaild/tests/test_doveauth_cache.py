@@ -11,8 +11,7 @@ from chatmaild.doveauth import AccountCache, AuthDict
 from chatmaild.fsutil import write_atomic
 from chatmaild.hashing import hash_password, verify_password
 from chatmaild.testkit.config import DOMAIN, make_config
-from chatmaild.tests.test_dictproxy import Client, MemoryDict
-from chatmaild.tests.test_dictproxy import served as served  # noqa: F401 (fixture)
+from chatmaild.testkit.dictclient import Client, MemoryDict
 
 ADDR = f"abcdefghi@{DOMAIN}"
 
@@ -130,7 +129,7 @@ class FastDict(MemoryDict):
 
 
 @pytest.fixture
-def fast(served):  # noqa: F811
+def fast(served):
     handler, connect = served
     handler.lookup_nowait = FastDict.lookup_nowait.__get__(handler)
     return handler, connect

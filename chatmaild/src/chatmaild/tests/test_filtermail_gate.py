@@ -5,15 +5,22 @@ from __future__ import annotations
 import logging
 import random
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
 from chatmaild.filtermail import gate, openpgp
 from chatmaild.testkit import mailgen
-from chatmaild.testkit.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime
+from chatmaild.testkit.mailgen import (
+    ALICE,
+    BOB,
+    MAIL_DATA,
+    armor,
+    packet,
+    partial_packet,
+    pgp_mime,
+    read,
+)
 
-MAIL_DATA = Path(__file__).parent / "mail-data"
 ENC = "523 Encryption Needed: Invalid Unencrypted Mail"
 OK = "250 OK"
 BAD_FROM_HEADER = "500 Invalid FROM header"
@@ -121,10 +128,6 @@ CORPUS = {
     "attack-asm-without-setup-data.eml": (ENC, ENC),
     "attack-asm-pkesk.eml": (ENC, ENC),
 }
-
-
-def read(name: str) -> bytes:
-    return (MAIL_DATA / name).read_bytes()
 
 
 def outgoing(data: bytes, mail_from: str = ALICE, rcpts=(BOB,)) -> gate.Verdict:

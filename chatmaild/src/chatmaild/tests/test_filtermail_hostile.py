@@ -9,7 +9,6 @@ import random
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -25,12 +24,12 @@ from chatmaild.testkit.mailgen import (
     packet,
     pgp_mime,
     postfix_bounce,
+    read,
     setup_html,
     setup_message,
     setup_payload,
 )
 
-MAIL_DATA = Path(__file__).parent / "mail-data"
 ENC = "523 Encryption Needed: Invalid Unencrypted Mail"
 OK = "250 OK"
 UNPARSABLE = "500 Failed to parse message: "
@@ -446,10 +445,6 @@ def test_securejoin_content_type_parameter_carrying_text_is_refused():
         b"charset=utf-8", b'charset=utf-8; x="meet at 10, bring the plan"', 1
     )
     assert outgoing(data).reply == ENC
-
-
-def read(name: str) -> bytes:
-    return (MAIL_DATA / name).read_bytes()
 
 
 def test_setup_message_to_self_passes_in_html_and_base64_forms():

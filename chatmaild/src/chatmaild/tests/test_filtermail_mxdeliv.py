@@ -1,6 +1,5 @@
 """``/mxdeliv``: HTTP requests to a real filtermail-incoming process, reinjecting to an SMTP sink."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -16,11 +15,8 @@ from chatmaild.filtermail import mxdeliv
 from chatmaild.filtermail.handler import FilterHandler
 from chatmaild.filtermail.smtpserver import MemoryBudget
 from chatmaild.testkit.config import make_config
-from chatmaild.testkit.mailgen import ALICE, BOB
+from chatmaild.testkit.mailgen import ALICE, BOB, read
 from chatmaild.testkit.procs import free_port
-
-# The fixtures sink and start_filtermail are used as arguments, hence F401/F811.
-from chatmaild.tests.test_filtermail_proxy import read, sink, start_filtermail  # noqa: F401
 
 CAROL = "carol@example.org"
 

@@ -13,15 +13,13 @@ import binascii
 import email
 import email.policy
 import email.utils
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatmaild.filtermail import gate, openpgp
-from chatmaild.testkit.mailgen import ALICE, BOB, armor, new_length, pgp_mime
+from chatmaild.testkit.mailgen import ALICE, BOB, MAIL_DATA, armor, new_length, pgp_mime
 
-MAIL_DATA = Path(__file__).parent / "mail-data"
 VALID = (MAIL_DATA / "encrypted.eml").read_bytes()
 VALID_PARTIAL = (MAIL_DATA / "encrypted-partial-lengths.eml").read_bytes()
 

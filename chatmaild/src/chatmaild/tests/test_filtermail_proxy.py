@@ -8,7 +8,6 @@ import smtplib
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,131 +15,20 @@ from aiosmtpd.controller import Controller
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatmaild.testkit.mailgen import ALICE, BOB, armor, packet, partial_packet, pgp_mime, plain
-from chatmaild.testkit.procs import free_port, stop_process
+from chatmaild.testkit.filtermail import Filtermail, SinkHandler, rcpt_reply
+from chatmaild.testkit.mailgen import (
+    ALICE,
+    BOB,
+    armor,
+    packet,
+    partial_packet,
+    pgp_mime,
+    plain,
+    read,
+)
+from chatmaild.testkit.procs import free_port
 
-MAIL_DATA = Path(__file__).parent / "mail-data"
 ENC = b"Encryption Needed: Invalid Unencrypted Mail"
-
-
-def read(name: str) -> bytes:
-    return (MAIL_DATA / name).read_bytes()
-
-
-class SinkHandler:
-    """A stand-in for Postfix's reinject listener that records what it gets."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, list[str], bytes]] = []
-        self.refuse_rcpt: dict[str, str] = {}
-        self.refuse_data: str | None = None
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address in self.refuse_rcpt:
-            return self.refuse_rcpt[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        if self.refuse_data:
-            return self.refuse_data
-        self.received.append(
-            (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
-        )
-        return "250 2.0.0 Ok: queued as TEST"
-
-
-@pytest.fixture
-def sink():
-    handler = SinkHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), data_size_limit=None)
-    controller.start()
-    handler.port = controller.port
-    handler.controller = controller
-    try:
-        yield handler
-    finally:
-        handler.controller.stop()
-
-
-class Filtermail:
-    """One filtermail process; stderr lines are collected by a reader thread."""
-
-    def __init__(self, tmp_path: Path, mode: str, reinject_port: int, **overrides) -> None:
-        self.port = free_port()
-        self.mode = mode
-        self.mailboxes = tmp_path / "mailboxes"
-        settings = {
-            "mail_domain": "example.org",
-            "mailboxes_dir": str(self.mailboxes),
-            "filtermail_smtp_port": self.port,
-            "filtermail_smtp_port_incoming": self.port,
-            "postfix_reinject_port": reinject_port,
-            "postfix_reinject_port_incoming": reinject_port,
-            "postfix_reinject_port_local": reinject_port,
-        }
-        settings.update(overrides)
-        ini = tmp_path / f"chatmail-{mode}.ini"
-        ini.write_text("[params]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
-        script = shutil.which("filtermail", path=str(Path(sys.executable).parent))
-        cmd = [script] if script else [sys.executable, "-m", "chatmaild.filtermail.proxy"]
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._ready = threading.Event()
-        self.proc = subprocess.Popen(
-            [*cmd, str(ini), mode], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-        )
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(30) or self.proc.poll() is not None:
-            self.stop()
-            raise RuntimeError("filtermail did not start:\n" + "\n".join(self.lines))
-
-    def _read_stderr(self) -> None:
-        for line in self.proc.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-            if "entering serving loop" in line:
-                self._ready.set()
-        self._ready.set()
-
-    def logged(self, text: str) -> bool:
-        """Whether ``text`` is (or within a few seconds becomes) a line of stderr."""
-        with self._changed:
-            return self._changed.wait_for(lambda: text in self.lines, timeout=10)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self._reader.join(10)
-
-    def send(self, data: bytes, mail_from: str = ALICE, rcpts=(BOB,), **kw):
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
-            return client.sendmail(mail_from, list(rcpts), data, **kw)
-
-    def account(self, addr: str) -> Path:
-        """Create the account ``addr`` (its password file is what makes it exist)."""
-        maildir = self.mailboxes / addr
-        maildir.mkdir(parents=True, exist_ok=True)
-        (maildir / "password").write_text("{SHA512-CRYPT}$6$x$" + "x" * 86)
-        return maildir
-
-    def enforce(self, addr: str) -> None:
-        (self.account(addr) / "enforceE2EEincoming").touch()
-
-
-@pytest.fixture
-def start_filtermail(tmp_path):
-    started: list[Filtermail] = []
-
-    def start(mode: str, reinject_port: int, **overrides) -> Filtermail:
-        fm = Filtermail(tmp_path, mode, reinject_port, **overrides)
-        started.append(fm)
-        return fm
-
-    yield start
-    for fm in started:
-        fm.stop()
 
 
 @pytest.fixture
@@ -468,13 +356,6 @@ def test_busy_port_is_reported_without_traceback(tmp_path):
 # Recipients at RCPT time (incoming), SMTP limits and the shared DATA memory budget.
 
 UNKNOWN = b"5.1.1 <{}>: Recipient address rejected: User unknown"
-
-
-def rcpt_reply(fm: Filtermail, rcpt: str, mail_from: str = "x@example.net") -> tuple[int, bytes]:
-    with smtplib.SMTP("127.0.0.1", fm.port, timeout=30) as client:
-        client.ehlo()
-        assert client.mail(mail_from)[0] == 250
-        return client.rcpt(rcpt)
 
 
 def test_incoming_unknown_recipient_is_refused_550_at_rcpt(incoming, sink):

@@ -4,7 +4,6 @@ import pytest
 
 from chatmaild.metadata import MetadataStore
 from chatmaild.notifier import Notifier, PendingNotification
-from chatmaild.testkit.config import make_config
 from chatmaild.testkit.pushserver import HANG, PushServer
 from chatmaild.testkit.waiting import wait_until
 
@@ -17,14 +16,9 @@ pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture
-def config(tmp_path):
-    config = make_config(tmp_path)
-    (config.mailboxes_dir / ADDR).mkdir()
-    return config
-
-
-@pytest.fixture
 def store(config):
+    """The metadata of ADDR's account, in the test kit's ``config``."""
+    (config.mailboxes_dir / ADDR).mkdir()
     return MetadataStore(config)
 
 

@@ -30,16 +30,10 @@ from chatmaild.lastlogin import LastLoginDict
 from chatmaild.metadata import MetadataDict, MetadataStore
 from chatmaild.saslproxy import SaslProxy, is_temporary_failure
 from chatmaild.testkit.dovecot_instance import DOMAIN, DovecotInstance
+from chatmaild.testkit.filtermail import rcpt_reply
+from chatmaild.testkit.mailgen import BOB, read
 from chatmaild.testkit.procs import free_port
 from chatmaild.testkit.waiting import wait_until
-from chatmaild.tests.test_dictproxy import served  # noqa: F401  (fixture)
-from chatmaild.tests.test_filtermail_proxy import (  # noqa: F401  (fixtures)
-    BOB,
-    rcpt_reply,
-    read,
-    sink,
-    start_filtermail,
-)
 
 PASSWORD = "password-1234"
 ALICE = f"tempfail1@{DOMAIN}"
@@ -101,7 +95,7 @@ def test_metadata_storage_error_answers_F_and_keeps_the_file(config):
     assert user.metadata_path.is_symlink()
 
 
-def test_dictproxy_handler_exception_answers_F_and_keeps_the_connection(served):  # noqa: F811
+def test_dictproxy_handler_exception_answers_F_and_keeps_the_connection(served):
     handler, connect = served
     c = connect()
     assert c.request("Lshared/crash") == "F"
@@ -278,7 +272,7 @@ def test_lmtp_to_an_account_while_doveauth_is_down_is_deferred(dovecot):
 # --- filtermail: 451 when what it depends on is unavailable ---------------------------
 
 
-def test_incoming_recipient_lookup_failure_is_451_not_550(start_filtermail, sink):  # noqa: F811
+def test_incoming_recipient_lookup_failure_is_451_not_550(start_filtermail, sink):
     fm = start_filtermail("incoming", sink.port)
     fm.account(BOB)
     maildir = fm.mailboxes / BOB
@@ -314,8 +308,8 @@ class HalfSink:
 
 
 def test_reinject_cut_off_during_data_is_451_and_is_delivered_once_on_retry(
-    start_filtermail,  # noqa: F811
-    sink,  # noqa: F811
+    start_filtermail,
+    sink,
 ):
     half = HalfSink()
     fm = start_filtermail("outgoing", half.port)
