@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -373,12 +374,8 @@ class DictProxyServer:
             )
             log.info("listening on the socket passed by systemd")
         else:
-            try:
-                self.socket_path.unlink()
-            except FileNotFoundError:
-                pass
             server = await asyncio.start_unix_server(
-                self._serve_connection, path=str(self.socket_path), limit=MAX_LINE, backlog=1000
+                self._serve_connection, sock=self._listening_socket(), limit=MAX_LINE
             )
             log.info("listening on %s", self.socket_path)
         sdnotify.ready()
@@ -392,6 +389,25 @@ class DictProxyServer:
             for task in list(self._connections):
                 task.cancel()
             await asyncio.gather(*self._connections, return_exceptions=True)
+
+    def _listening_socket(self) -> socket.socket:
+        """A socket listening under a temporary name, then renamed to ``socket_path``.
+
+        bind() makes the file before listen() makes it accept: whoever waits for the file
+        (tests, benchmarks) and connects in between got ECONNREFUSED on a busy machine.
+        """
+        tmp = self.socket_path.with_name(self.socket_path.name + ".new")
+        tmp.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(tmp))
+            sock.listen(1000)
+            os.replace(tmp, self.socket_path)
+        except BaseException:
+            sock.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        return sock
 
     def run(self) -> None:
         try:
