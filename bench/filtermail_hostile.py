@@ -28,26 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import smtpsink  # bench/ is on sys.path when a bench script runs
-from chatmaild.testkit.mailgen import new_length
+from chatmaild.testkit.mailgen import new_length, partial_packet
 
 CRLF = b"\r\n"
 RCPT = "bob@example.org"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --- message generators -----------------------------------------------------------------
-
-
-def seipd_partial(body: bytes, power: int = 13) -> bytes:
-    """A SEIPD packet (tag 18) with partial body lengths (RFC 4880 §4.2.2.4)."""
-    out = bytearray([0xC0 | 18])
-    size = 1 << power
-    pos = 0
-    while len(body) - pos > size:
-        out.append(224 + power)
-        out += body[pos : pos + size]
-        pos += size
-    out += new_length(len(body) - pos) + body[pos:]
-    return bytes(out)
 
 
 def armor(payload: bytes) -> bytes:
@@ -86,7 +73,9 @@ def valid_encrypted(size: int) -> bytearray:
     rng = random.Random(size)
     pkesk = bytes([0xC0 | 1]) + new_length(270) + rng.randbytes(270)
     body = rng.randbytes(max(100, int(size * 0.73) - 1500))
-    return bytearray(pgp_mime(armor(pkesk + seipd_partial(body))))
+    return bytearray(
+        pgp_mime(armor(pkesk + partial_packet(18, body, 13)))
+    )  # SEIPD (tag 18), 8 KiB chunks
 
 
 def fill(head: bytes, unit: bytes, size: int, tail: bytes = b"") -> bytearray:
