@@ -206,6 +206,12 @@ SAMPLE_LINES = {
     journal(
         "opendkim", "4Xk2Lq1T0Rz3: DKIM-Signature field added (s=opendkim, d=chat.example.org)"
     ): {"dkim_signed": 1},
+    # Dovecot LMTP with Sieve (the relay's dedup.sieve): Pigeonhole's line, whose format is
+    # "stored mail into mailbox %s" in libdovecot-sieve, the mailbox name quoted.
+    journal(
+        "dovecot",
+        f"lmtp({ADDR})<77><abc>: Info: sieve: msgid=<m@x>: stored mail into mailbox 'INBOX'",
+    ): {"delivered_mail": 1},
     journal("postfix/smtpd", "timeout after DATA (0 bytes) from unknown[192.0.2.7]"): {
         "postfix_timeouts": 1
     },
