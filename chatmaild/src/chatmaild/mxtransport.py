@@ -51,6 +51,9 @@ DELIVERY_DEADLINE = 400.0
 COOLDOWN = 30 * 60.0
 # Deliveries at once; Postfix's maxproc of the mxdeliv service (master.cf.j2) is the same.
 MAX_SESSIONS = 25
+# Sessions beyond Postfix's: a `cmdeploy status` probe gets its greeting also while Postfix
+# holds every mxdeliv process (and cached connections) open.
+SPARE_SESSIONS = 3
 # Message bodies all sessions may hold at once, in units of max_message_size (as filtermail).
 BUDGET_MESSAGES = 4
 # The HTTP answer is one SMTP reply line; nothing longer is read.
@@ -479,7 +482,7 @@ async def start(config: Config, router: Router | None = None, port: int | None =
     """Listen on 127.0.0.1; returns (server, router)."""
     router = router or Router(config.mail_domain)
     budget = MemoryBudget(BUDGET_MESSAGES * config.max_message_size)
-    sessions = asyncio.Semaphore(MAX_SESSIONS)
+    sessions = asyncio.Semaphore(MAX_SESSIONS + SPARE_SESSIONS)
     loop = asyncio.get_running_loop()
 
     class Limited(TransportLMTP):

@@ -547,3 +547,24 @@ def test_one_refused_recipient_does_not_bounce_the_others(dns_server, cert, tmp_
         ["nobody@_relay.test"],
         ["b@_relay.test"],
     ]
+
+
+def test_a_probe_is_greeted_while_postfix_holds_every_session(dns_server, cert, tmp_path):
+    async def check(servers, port, router):
+        held = []
+        for _ in range(mxtransport.MAX_SESSIONS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220")
+            held.append(writer)
+        try:
+            # What `cmdeploy status` does: connect, read the greeting.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            greeting = await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+            return greeting
+        finally:
+            for w in held:
+                w.close()
+
+    greeting = run(check, dns_server, cert, tmp_path)
+    assert greeting.startswith(b"220 ")
