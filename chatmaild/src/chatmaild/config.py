@@ -188,7 +188,7 @@ class Config:
     acme_directory_url: str = _key(_url, LETSENCRYPT_DIRECTORY)
     acme_ca_file: str = _key(_str, "")
     disable_ipv6: bool = _key(_bool, "false")
-    mxdeliv_outgoing: bool = _key(_bool, "false")
+    mxdeliv_outgoing: bool = _key(_bool, "true")
     imap_rawlog: bool = _key(_bool, "false")
     imap_compress: bool = _key(_bool, "false")
     dovecot_package: str = _key(_dovecot_package, "patched")

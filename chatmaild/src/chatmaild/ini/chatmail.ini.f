@@ -89,9 +89,8 @@ mail_domain = {mail_domain}
 #disable_ipv6 = false
 
 # Mail to other relays tries HTTPS (POST https://<MX host>/mxdeliv) before SMTP on port 25,
-# for providers that block port 25; false (for now the default: not every lab test module
-# has run with it on yet) leaves it to Postfix's own SMTP client.
-#mxdeliv_outgoing = false
+# for providers that block port 25; false leaves it to Postfix's own SMTP client.
+#mxdeliv_outgoing = true
 
 # Address for mtail's Prometheus endpoint (port 3903); unset means mtail is off.
 #mtail_address = 127.0.0.1

@@ -39,7 +39,7 @@ def test_defaults_of_a_fresh_ini():
     assert config.notification_url == "https://notifications.delta.chat/notify"
     assert config.iroh_relay is None and config.mtail_address is None
     assert config.tls_cert_mode == "acme"
-    assert config.mxdeliv_outgoing is False and config.mxdeliv_transport_port == 10083
+    assert config.mxdeliv_outgoing is True and config.mxdeliv_transport_port == 10083
     assert config.unknown_keys == ()
 
 
