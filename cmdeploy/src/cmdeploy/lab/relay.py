@@ -22,7 +22,7 @@ from .lab import Lab
 
 DEFAULT_WORKDIR = Path("lab-relays")
 # Lab relays cannot reach the public push server; a test may listen here instead
-# (the client namespace's address), see tests/online/pushserver.py.
+# (the client namespace's address), see chatmaild/testkit/pushserver.py.
 LAB_PUSH_PORT = 8383
 
 
