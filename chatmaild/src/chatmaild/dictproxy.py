@@ -44,6 +44,8 @@ from .config import Config, read_config
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
+# Connections waiting to be accepted: a burst of Dovecot processes connecting at once.
+BACKLOG = 1000
 MAX_PENDING_PER_CONNECTION = 256
 
 _UNESCAPE = {"1": "\x01", "t": "\t", "r": "\r", "n": "\n", "0": "\x00"}
@@ -375,7 +377,11 @@ class DictProxyServer:
             log.info("listening on the socket passed by systemd")
         else:
             server = await asyncio.start_unix_server(
-                self._serve_connection, sock=self._listening_socket(), limit=MAX_LINE
+                # asyncio listen()s again with its own backlog (100) when it starts serving.
+                self._serve_connection,
+                sock=self._listening_socket(),
+                limit=MAX_LINE,
+                backlog=BACKLOG,
             )
             log.info("listening on %s", self.socket_path)
         sdnotify.ready()
@@ -401,7 +407,7 @@ class DictProxyServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(tmp))
-            sock.listen(1000)
+            sock.listen(BACKLOG)
             os.replace(tmp, self.socket_path)
         except BaseException:
             sock.close()

@@ -42,3 +42,30 @@ def test_socket_file_appears_only_when_listening(tmp_path, monkeypatch):
         server.executor.shutdown()
     assert seen == [(str(path) + ".new", str(path))]
     assert not (tmp_path / "dict.socket.new").exists()
+
+
+def test_a_burst_of_connections_waits_in_the_backlog(tmp_path):
+    """While the server is busy (it accepts nothing), 300 connects still succeed."""
+    path = tmp_path / "dict.socket"
+    server = DictProxyServer(DictHandler(), path)
+
+    async def main():
+        ready = asyncio.Event()
+        task = asyncio.ensure_future(server.serve(ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        clients = []
+        try:
+            # The event loop is ours and blocked here, so nothing is accepted meanwhile.
+            for _ in range(300):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.setblocking(False)
+                clients.append(c)
+                c.connect(str(path))  # BlockingIOError once the backlog is full
+        finally:
+            for c in clients:
+                c.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return len(clients)
+
+    assert asyncio.run(main()) == 300
