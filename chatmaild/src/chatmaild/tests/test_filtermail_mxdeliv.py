@@ -197,11 +197,13 @@ def test_oversized_headers_are_refused(incoming, sink):
     long_rcpt = "b" * 2000 + "@example.org"
     head = (f"POST /mxdeliv HTTP/1.1\r\nHost: x\r\nX-MAIL-TO: {long_rcpt}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
-    assert status_of(raw_request(incoming.http_port, head, body)) == 400
+    # The body is not sent: the refusal comes after the headers, and a body the server
+    # never reads would turn its close into a reset that can beat the 400 to the client.
+    assert status_of(raw_request(incoming.http_port, head)) == 400
     many = "".join(f"X-Filler: {i}\r\n" for i in range(mxdeliv.MAX_HEADERS + 1))
     head = (f"POST /mxdeliv HTTP/1.1\r\nHost: x\r\nX-MAIL-TO: {BOB}\r\n{many}"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
-    assert status_of(raw_request(incoming.http_port, head, body)) == 400
+    assert status_of(raw_request(incoming.http_port, head)) == 400
     assert sink.received == []
 
 
