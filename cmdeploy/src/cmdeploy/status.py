@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmdeploy.cmdline import add_ssh_host, fail, load_config, remote_for
+from cmdeploy.relaypaths import SASL_SOCKET
 from cmdeploy.remote import RemoteError
-from cmdeploy.services.deployer import DAEMONS, SASL_SOCKET
+from cmdeploy.services.deployer import DAEMONS
 
 PROBE_SOURCE = Path(__file__).with_name("status_probe.py")
 # Fixed paths of config files that are not chatmail.ini keys.

@@ -7,7 +7,7 @@ from pathlib import Path
 from pyinfra.operations import apt, files
 
 from cmdeploy.deployer_base import Deployer, as_file
-from cmdeploy.services.deployer import INI
+from cmdeploy.relaypaths import INI
 
 
 class NginxDeployer(Deployer):
