@@ -74,8 +74,9 @@ service imap-login {{
 }}
 service imap {{
   process_limit = 10000
-  # As on the relay: every mailbox has the same uid, so imap processes can be reused.
-  service_count = 100
+  # As deployed (dovecot.conf.j2): one session per imap process, so a bench of logins
+  # pays for a process start each, as on the relay.
+  service_count = 1
   process_min_avail = 4
 }}
 service lmtp {{
