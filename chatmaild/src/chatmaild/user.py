@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,12 @@ def check_addr(addr: object, domain: str) -> str:
 
 @dataclass(frozen=True)
 class User:
-    """Paths of one account; all state lives in its maildir."""
+    """Paths of one account; all state lives in its maildir.
+
+    The paths are computed once per User (cached_property writes the instance's __dict__,
+    which a frozen dataclass allows): a new account's creation used each of them several
+    times, and building them again was most of its pathlib work.
+    """
 
     config: Config
     addr: str
@@ -53,19 +59,19 @@ class User:
     def localpart(self) -> str:
         return self.addr.rsplit("@", 1)[0]
 
-    @property
+    @cached_property
     def maildir(self) -> Path:
         return self.config.mailboxes_dir / self.addr
 
-    @property
+    @cached_property
     def password_path(self) -> Path:
         return self.maildir / "password"
 
-    @property
+    @cached_property
     def enforce_e2ee_path(self) -> Path:
         return self.maildir / "enforceE2EEincoming"
 
-    @property
+    @cached_property
     def metadata_path(self) -> Path:
         return self.maildir / "metadata.json"
 
