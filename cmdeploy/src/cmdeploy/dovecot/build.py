@@ -1,11 +1,12 @@
 """A Dovecot without the 500 ms IDLE delay, rebuilt from Debian's own ``dovecot`` source.
 
-Stock Dovecot holds every IDLE/NOTIFY notification for 500 ms; the one patch beside this
-file removes that timer. ``cmdeploy run`` calls :func:`prepare` before
+Stock Dovecot holds every IDLE/NOTIFY notification for 500 ms; the first patch beside this
+file removes that timer. The second makes METADATA answer ``NO [UNAVAILABLE]`` (retry)
+instead of ``NO [SERVERBUG]`` while the relay's metadata service is down. ``cmdeploy run`` calls :func:`prepare` before
 pyinfra starts. It asks the relay (over SSH) which dovecot source and binary versions Debian
 offers, and picks the version to run:
 
-- the newest source, rebuilt with the patch as ``<source version>+chatmail1``, if its
+- the newest source, rebuilt with the patches as ``<source version>+chatmail2``, if its
   .debs are in the cache on this machine (``~/.cache/cmdeploy/dovecot/<arch>/<version>/``)
   or already installed on the relay;
 - otherwise that source is downloaded and built once on the relay (~15 min; build
@@ -35,8 +36,13 @@ from typing import Protocol
 from ..aptsources import LIST_COMMAND, AptSourcesError, debian_archives, parse_listing
 
 PACKAGES = ("dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-sieve")
-SUFFIX = "+chatmail1"
-PATCH = Path(__file__).parent / "chatmail-no-idle-notify-delay.patch"
+# The number counts our patch sets: a new one sorts above relays' older builds.
+SUFFIX = "+chatmail2"
+PATCHES = tuple(
+    Path(__file__).parent / name
+    for name in ("chatmail-no-idle-notify-delay.patch", "chatmail-metadata-unavailable.patch")
+)
+_SUFFIX_RE = re.compile(r"\+chatmail\d+$")
 SOURCES_PATH = "/etc/apt/sources.list.d/chatmail-dovecot-src.sources"
 PIN_PATH = "/etc/apt/preferences.d/chatmail-dovecot"
 # On the relay: the .debs of the installed build (uploaded or built there).
@@ -117,7 +123,7 @@ def patched_version(source_version: str) -> str:
 
 
 def is_patched(version: str | None) -> bool:
-    return bool(version) and SUFFIX.rstrip("1") in version
+    return bool(version) and _SUFFIX_RE.search(version) is not None
 
 
 def deb_name(package: str, version: str, arch: str) -> str:
@@ -337,10 +343,12 @@ def describe(state: RelayState) -> str:
         return "dovecot: not installed"
     kind = "patched, without the IDLE delay" if is_patched(core) else "Debian's stock package"
     line = f"dovecot: {core} ({kind})"
-    base = core.removesuffix(SUFFIX) if is_patched(core) else core
+    base = _SUFFIX_RE.sub("", core)
     top = newest(state.sources + ([state.binary] if state.binary else []))
     if top and compare_versions(top, base) > 0:
         line += f"; Debian has {top}: 'cmdeploy run' updates it"
+    elif is_patched(core) and core != patched_version(base):
+        line += f"; 'cmdeploy run' installs this project's newer patch set ({SUFFIX})"
     return line
 
 
@@ -362,6 +370,9 @@ def build_script(source: str, arch: str) -> str:
     version = patched_version(source)
     debs = " ".join(deb_name(p, version, arch) for p in PACKAGES)
     out = f"{RELAY_DEBS}/{folder_name(version)}"
+    patch_lines = "\n".join(
+        f"cp $W/{p.name} debian/patches/\necho {p.name} >> debian/patches/series" for p in PATCHES
+    )
     return f"""#!/bin/bash
 set -eu -o pipefail
 W={BUILD_DIR}
@@ -389,16 +400,17 @@ step "unpacking the source"
 cd $W/src
 dpkg-source -x dovecot_{source.split(":", 1)[-1]}.dsc tree
 cd tree
-cp $W/{PATCH.name} debian/patches/
-echo {PATCH.name} >> debian/patches/series
+{patch_lines}
 {{ printf '%s\\n\\n' "dovecot ({version}) bookworm; urgency=medium"
-  printf '%s\\n\\n' "  * chatmail: IDLE/NOTIFY notifications without the 500 ms delay."
+  printf '%s\\n' "  * chatmail: IDLE/NOTIFY notifications without the 500 ms delay."
+  printf '%s\\n\\n' "  * chatmail: METADATA answers NO [UNAVAILABLE] while its dict is down."
   printf '%s\\n\\n' " -- chatmail relay <root@localhost>  $(date -R)"
   cat debian/changelog; }} > debian/changelog.new
 mv debian/changelog.new debian/changelog
 dpkg-source --before-build .
-if grep -q to_notify_delay src/lib-storage/mail-storage-private.h; then
-    echo "the patch was not applied"; exit 1
+if grep -q to_notify_delay src/lib-storage/mail-storage-private.h ||
+   ! grep -q mailbox_set_attribute_dict_unavailable src/lib-storage/index/index-storage.h; then
+    echo "the patches were not applied"; exit 1
 fi
 step "compiling (dpkg-buildpackage)"
 DEB_BUILD_OPTIONS="nocheck parallel=$(nproc)" dpkg-buildpackage -b -uc -us
@@ -426,7 +438,7 @@ def build(shell: Shell, source: str, arch: str, log: Callable[[str], None] = pri
     setup = " && ".join([
         f"mkdir -p {BUILD_DIR} {RELAY_DEBS}",
         _put_file(script, f"{BUILD_DIR}/build.sh", mode="755"),
-        _put_file(PATCH.read_text(), f"{BUILD_DIR}/{PATCH.name}"),
+        *(_put_file(p.read_text(), f"{BUILD_DIR}/{p.name}") for p in PATCHES),
         f"echo starting > {BUILD_DIR}/step",
         # Braces: only the script goes to the background, not the whole && list (whose
         # subshell would keep the SSH session open until the build ends).

@@ -54,10 +54,10 @@ def test_compare_versions_agrees_with_dpkg():
 
 def test_suffix_sorts_between_source_and_next_update():
     v = build.patched_version(U7)
-    assert v == U7 + "+chatmail1"
+    assert v == U7 + "+chatmail2"
     assert build.is_patched(v) and not build.is_patched(U7)
     assert build.deb_name("dovecot-core", v, "amd64") == (
-        "dovecot-core_2.3.19.1+dfsg1-2.1+deb12u7+chatmail1_amd64.deb"
+        "dovecot-core_2.3.19.1+dfsg1-2.1+deb12u7+chatmail2_amd64.deb"
     )
 
 
@@ -86,7 +86,7 @@ def _fill(root, arch, version, packages=build.PACKAGES):
 def test_cache_is_keyed_by_arch_and_version(tmp_path):
     v6, v7 = build.patched_version(U6), build.patched_version(U7)
     folder = _fill(tmp_path, "amd64", v6)
-    assert folder == tmp_path / "amd64" / "2.3.19.1+dfsg1-2.1+deb12u6+chatmail1"
+    assert folder == tmp_path / "amd64" / "2.3.19.1+dfsg1-2.1+deb12u6+chatmail2"
     assert build.cached_debs("amd64", v6, tmp_path) == folder
     assert build.cached_debs("arm64", v6, tmp_path) is None
     assert build.cached_debs("amd64", v7, tmp_path) is None
@@ -109,7 +109,7 @@ def test_choose_builds_the_newest_source():
     tried = []
     c = build.choose([U6, U7], U7, False, lambda v: False, lambda v: tried.append(v) or True)
     assert (c.source, c.build, tried) == (U7, True, [U7])
-    assert c.version == U7 + "+chatmail1"
+    assert c.version == U7 + "+chatmail2"
 
 
 def test_choose_uses_a_cached_build_without_fetching():
@@ -157,8 +157,8 @@ MADISON = f"""arch amd64
    dovecot | {U7} | http://mirror.example/debian-security bookworm-security/main Sources
 dovecot-core | {U7} | http://mirror.example/debian-security bookworm-security/main amd64 Packages
 dovecot-core | {U6} | http://mirror.example/debian bookworm/main amd64 Packages
-installed dovecot-core {U6}+chatmail1 ii
-installed dovecot-imapd {U6}+chatmail1 ii
+installed dovecot-core {U6}+chatmail2 ii
+installed dovecot-imapd {U6}+chatmail2 ii
 installed dovecot-sieve {U6} rc
 """
 
@@ -168,15 +168,15 @@ def test_parse_state():
     assert s.arch == "amd64"
     assert sorted(s.sources) == [U6, U7]
     assert s.binary == U7
-    assert s.installed == {"dovecot-core": U6 + "+chatmail1", "dovecot-imapd": U6 + "+chatmail1"}
+    assert s.installed == {"dovecot-core": U6 + "+chatmail2", "dovecot-imapd": U6 + "+chatmail2"}
 
 
 def test_describe_names_the_build_and_newer_debian_versions():
     s = build.parse_state(MADISON)
     line = build.describe(s)
-    assert line.startswith(f"dovecot: {U6}+chatmail1 (patched")
+    assert line.startswith(f"dovecot: {U6}+chatmail2 (patched")
     assert f"Debian has {U7}" in line
-    current = build.RelayState("amd64", [U7], U7, {"dovecot-core": U7 + "+chatmail1"})
+    current = build.RelayState("amd64", [U7], U7, {"dovecot-core": U7 + "+chatmail2"})
     assert "Debian has" not in build.describe(current)
     stock = build.RelayState("amd64", [U6], U7, {"dovecot-core": U7})
     assert build.describe(stock) == f"dovecot: {U7} (Debian's stock package)"
@@ -186,19 +186,20 @@ def test_describe_names_the_build_and_newer_debian_versions():
 def test_build_script_patches_builds_and_cleans_up():
     script = build.build_script(U6, "amd64")
     assert f"apt-get build-dep -y -q -o APT::Install-Recommends=false dovecot={U6}" in script
-    assert f"echo {build.PATCH.name} >> debian/patches/series" in script
-    assert f"dovecot ({U6}+chatmail1) bookworm" in script
+    for patch in build.PATCHES:
+        assert f"echo {patch.name} >> debian/patches/series" in script
+    assert f"dovecot ({U6}+chatmail2) bookworm" in script
     assert 'DEB_BUILD_OPTIONS="nocheck parallel=$(nproc)" dpkg-buildpackage -b -uc -us' in script
     assert "comm -13 $W/before $W/after" in script and "apt-get purge" in script
     assert "trap finish EXIT" in script and "rm -rf $W/src" in script
     for p in build.PACKAGES:
-        assert build.deb_name(p, U6 + "+chatmail1", "amd64") in script
+        assert build.deb_name(p, U6 + "+chatmail2", "amd64") in script
     bash = shutil.which("bash")
     assert subprocess.run([bash, "-n"], input=script, text=True).returncode == 0
 
 
 def test_patch_removes_exactly_the_delay():
-    text = build.PATCH.read_text()
+    text = build.PATCHES[0].read_text()
     removed = [x for x in text.splitlines() if x.startswith("-") and not x.startswith("---")]
     files = [x.split()[1] for x in text.splitlines() if x.startswith("+++ ")]
     assert files == [
@@ -208,6 +209,34 @@ def test_patch_removes_exactly_the_delay():
     assert "-#define NOTIFY_DELAY_MSECS 500" in removed
     assert "-\tstruct timeout *to_notify, *to_notify_delay;" in removed
     assert "to_notify_delay" not in "".join(x for x in text.splitlines() if x.startswith("+"))
+
+
+def test_metadata_patch_only_turns_dict_failures_into_unavailable():
+    text = build.PATCHES[1].read_text()
+    added = [x[1:] for x in text.splitlines() if x.startswith("+") and not x.startswith("+++")]
+    removed = [x for x in text.splitlines() if x.startswith("-") and not x.startswith("---")]
+    files = [x.split()[1] for x in text.splitlines() if x.startswith("+++ ")]
+    assert files == [
+        "b/src/lib-storage/index/index-attribute.c",
+        "b/src/lib-storage/index/index-storage.h",
+        "b/src/lib-storage/index/index-transaction.c",
+    ]
+    assert removed == []  # the critical log line of each failure stays
+    calls = [x.strip() for x in added if x.strip().startswith("mailbox_set_attribute_dict_")
+             and x.strip().endswith(";")]
+    # lookup, iteration, private and shared commit
+    assert len(calls) == 4
+    assert any("MAIL_ERROR_UNAVAILABLE" in x for x in added)
+
+
+def test_version_suffix_marks_every_patch_set():
+    assert build.is_patched(U6 + "+chatmail1") and build.is_patched(U6 + build.SUFFIX)
+    assert not build.is_patched(U6) and not build.is_patched(U6 + "+chatmailx")
+    older = build.RelayState("amd64", [U6], U6, {"dovecot-core": U6 + "+chatmail1"})
+    line = build.describe(older)
+    assert line.startswith(f"dovecot: {U6}+chatmail1 (patched")
+    assert f"installs this project's newer patch set ({build.SUFFIX})" in line
+    assert "Debian has" not in line
 
 
 # The relay's own apt sources, as the listing command prints them.
@@ -277,7 +306,7 @@ def test_a_relay_without_a_debian_archive_is_told_what_to_add():
 
 
 def test_prepare_uses_the_cache(tmp_path):
-    v6 = U6 + "+chatmail1"
+    v6 = U6 + "+chatmail2"
     folder = _fill(tmp_path, "amd64", v6)
     shell, logs = FakeShell(MADISON, fetch_ok=False), []
     plan = build.prepare(init_config(dovecot_allow_outdated_source="true"), shell, log=logs.append,
@@ -290,7 +319,7 @@ def test_prepare_uses_the_cache(tmp_path):
 def test_prepare_dry_run_changes_nothing(tmp_path):
     shell, logs = FakeShell(MADISON, fetch_ok=True), []
     plan = build.prepare(init_config(), shell, dry_run=True, log=logs.append, root=tmp_path)
-    assert plan.pending and plan.version == U7 + "+chatmail1"
+    assert plan.pending and plan.version == U7 + "+chatmail2"
     assert "would try" in logs[0]
     assert len(shell.commands) == 1 and "apt-get update" not in shell.commands[0]
 
