@@ -222,8 +222,11 @@ def test_metadata_patch_only_turns_dict_failures_into_unavailable():
         "b/src/lib-storage/index/index-transaction.c",
     ]
     assert removed == []  # the critical log line of each failure stays
-    calls = [x.strip() for x in added if x.strip().startswith("mailbox_set_attribute_dict_")
-             and x.strip().endswith(";")]
+    calls = [
+        x.strip()
+        for x in added
+        if x.strip().startswith("mailbox_set_attribute_dict_") and x.strip().endswith(";")
+    ]
     # lookup, iteration, private and shared commit
     assert len(calls) == 4
     assert any("MAIL_ERROR_UNAVAILABLE" in x for x in added)
