@@ -17,9 +17,11 @@ function dovecot_lua_notify_event_message_new(user, event)
     return
   end
   local mailbox = user:mailbox(event.mailbox)
-  -- The attribute API needs an opened, synced mailbox; free it even when a step fails.
+  -- The attribute API needs an opened mailbox (without one Dovecot asserts), not a synced
+  -- one: IMAP's own SETMETADATA only opens it too. A sync would rescan the maildir on every
+  -- delivery (about 1.5 ms of CPU per message in the lab). Free it even when a step fails.
   local ok, err = pcall(function()
-    mailbox:sync()
+    mailbox:open()
     mailbox:metadata_set("/private/messagenew", "")
   end)
   mailbox:free()
