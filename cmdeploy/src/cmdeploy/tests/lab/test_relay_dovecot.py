@@ -164,7 +164,10 @@ def test_idle_exists_without_the_delay_then_stock_then_back(lab, relay):
             f"stock Dovecot {versions['dovecot-core']}: median {median(slow):.1f} ms, "
             f"max {slow[-1]:.1f} ms (n={len(slow)})"
         )
-        assert median(slow) >= 450
+        # Not >= 500: the 500 ms timer is often already running when the message lands
+        # (armed by an earlier change of the watched files); the bench's stock hosts show a
+        # median of ~395 ms too. Patched: ~6-20 ms.
+        assert median(slow) >= 300 and median(slow) > 10 * median(fast)
     finally:
         write_config(lab, relay)
         proc = deploy(lab, relay)
