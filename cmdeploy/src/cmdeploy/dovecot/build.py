@@ -2,9 +2,9 @@
 
 Stock Dovecot holds every IDLE/NOTIFY notification for 500 ms; the first patch beside this
 file removes that timer. The second makes METADATA answer ``NO [UNAVAILABLE]`` (retry)
-instead of ``NO [SERVERBUG]`` while the relay's metadata service is down. ``cmdeploy run`` calls :func:`prepare` before
-pyinfra starts. It asks the relay (over SSH) which dovecot source and binary versions Debian
-offers, and picks the version to run:
+instead of ``NO [SERVERBUG]`` while the relay's metadata service is down.
+``cmdeploy run`` calls :func:`prepare` before pyinfra starts. It asks the relay (over SSH)
+which dovecot source and binary versions Debian offers, and picks the version to run:
 
 - the newest source, rebuilt with the patches as ``<source version>+chatmail2``, if its
   .debs are in the cache on this machine (``~/.cache/cmdeploy/dovecot/<arch>/<version>/``)
